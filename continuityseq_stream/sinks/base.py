@@ -1,0 +1,83 @@
+"""The one interface every sink implements.
+
+A sink is opened on the first frame (when the size is known), receives frames in order with the
+metadata the producer assigned, and is closed exactly once. It is a context manager whose teardown
+always runs, also after an error in `write`.
+
+`policy` tells the ring buffer how this sink reads: "block" (lossless: the producer waits for it when
+it is a full ring behind; files, ZeroMQ PUSH, stdout) or "latest" (a slow reader skips to the newest
+frame and the skips are counted; preview, ZeroMQ PUB).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..chunk import FrameMeta
+
+POLICIES = ("block", "latest")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a sink needs to know before the first frame: frame size and output frame rate."""
+
+    width: int
+    height: int
+    fps: float
+
+
+class Sink(ABC):
+    """Base class of all sinks. Subclasses implement `_open`, `_write` and `_close`."""
+
+    #: how the ring buffer feeds this sink ("block" or "latest")
+    policy: str = "block"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.info: StreamInfo | None = None
+        self.frames_written = 0
+        self._closed = False
+        #: set by a sink when its user asked to end the whole run (q/Esc or closing the preview
+        #: window); the runtime watches it and stops gracefully.
+        self.wants_stop = threading.Event()
+
+    # -- public interface -----------------------------------------------------------------------
+    def open(self, info: StreamInfo) -> None:
+        self.info = info
+        self._open(info)
+
+    def write(self, frame: np.ndarray, meta: FrameMeta) -> None:
+        """Write one uint8 RGB frame [H, W, 3]."""
+        self._write(frame, meta)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the output (flush, finalize, end-of-stream). Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close()
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # -- for subclasses -------------------------------------------------------------------------
+    @abstractmethod
+    def _open(self, info: StreamInfo) -> None: ...
+
+    @abstractmethod
+    def _write(self, frame: np.ndarray, meta: FrameMeta) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
