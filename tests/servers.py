@@ -1,0 +1,288 @@
+"""Real servers for the streaming tests: nginx-rtmp, an X server (Xvfb), and a PyAV RTMP reader.
+
+Everything listens on 127.0.0.1 (free ports) or on a private X display, is started by the test and
+stopped by PID; `assert_no_children` checks nothing was left behind.
+
+Run as a script, this file is the RTMP reader the tests start in a subprocess (under `timeout -s KILL`,
+because a stuck network read cannot be interrupted from Python):
+
+    python tests/servers.py read rtmp://127.0.0.1:PORT/live/test --frames 40 --deadline 20 [--reconnect]
+
+It prints one JSON object: frames read per connection, size, frame rate, mean colours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_pid(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Terminate, then kill, one process we started; always reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def children_named(*names: str) -> list:
+    """Live child processes of this test process whose name is one of `names`."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name() in names and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def assert_no_children(*names: str, grace: float = 3.0) -> None:
+    names = names or ("ffmpeg", "nginx", "Xvfb")
+    deadline = time.monotonic() + grace
+    while children_named(*names) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = children_named(*names)
+    assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
+
+
+class NginxRtmp:
+    """nginx with the RTMP module, in the foreground from a config in a temp dir, on a free port.
+
+    `restart()` kills it (SIGKILL, as a crashed server) and starts it again on the same port.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        if not shutil.which("nginx") or not os.path.exists(RTMP_MODULE):
+            raise FileNotFoundError(f"nginx or {RTMP_MODULE} missing (apt-get install nginx libnginx-mod-rtmp)")
+        self.dir = Path(workdir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(
+            f"load_module {RTMP_MODULE};\n"
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
+            f"pid {self.dir}/nginx.pid;\nerror_log {self.dir}/logs/error.log info;\n"
+            "events { worker_connections 64; }\n"
+            "rtmp {\n  server {\n"
+            f"    listen 127.0.0.1:{self.port};\n    chunk_size 4096;\n"
+            "    application live {\n      live on;\n      record off;\n    }\n  }\n}\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/test"
+
+    def start(self) -> "NginxRtmp":
+        self.proc = subprocess.Popen(
+            ["nginx", "-e", str(self.dir / "logs" / "error.log"), "-c", str(self.conf), "-p", str(self.dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "logs" / "stderr.log", "ab"))
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"nginx did not start: {(self.dir / 'logs' / 'error.log').read_text()[-2000:]}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "NginxRtmp":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Xvfb:
+    """A private X server; `-displayfd` lets Xvfb pick a free display number itself (no races)."""
+
+    def __init__(self, width: int = 320, height: int = 240) -> None:
+        if not shutil.which("Xvfb"):
+            raise FileNotFoundError("Xvfb not installed (apt-get install xvfb)")
+        self.width, self.height = width, height
+        self.proc: subprocess.Popen | None = None
+        self.display: str | None = None
+
+    def start(self) -> "Xvfb":
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{self.width}x{self.height}x24",
+             "-nolisten", "tcp", "-noreset"],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write_fd)
+        try:
+            number = b""
+            deadline = time.monotonic() + 15
+            import select
+
+            while not number.endswith(b"\n") and time.monotonic() < deadline:
+                ready, _, _ = select.select([read_fd], [], [], 0.5)
+                if ready:
+                    part = os.read(read_fd, 16)
+                    if not part:
+                        break
+                    number += part
+            if not number.strip():
+                self.stop()
+                raise RuntimeError("Xvfb did not report a display number")
+            self.display = ":" + number.decode().strip()
+        finally:
+            os.close(read_fd)
+        return self
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ, DISPLAY=self.display, **extra)
+        env.pop("WAYLAND_DISPLAY", None)
+        return env
+
+    def screenshot(self):
+        """The whole screen as a uint8 [H, W, 3] RGB array (ffmpeg x11grab, one frame)."""
+        import numpy as np
+
+        out = subprocess.run(
+            ["timeout", "-s", "KILL", "20", "ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "x11grab",
+             "-video_size", f"{self.width}x{self.height}", "-i", self.display, "-frames:v", "1",
+             "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+            stdin=subprocess.DEVNULL, capture_output=True, check=True)
+        return np.frombuffer(out.stdout, np.uint8).reshape(self.height, self.width, 3)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "Xvfb":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RtmpReader:
+    """Runs this file's `read` command in a subprocess (under `timeout -s KILL`); `result()` is its JSON."""
+
+    def __init__(self, url: str, frames: int, deadline: float, reconnect: bool = False,
+                 open_timeout: float = 10.0, read_timeout: float = 3.0) -> None:
+        self.deadline = deadline
+        self.out = tempfile.TemporaryFile()
+        cmd = ["timeout", "-s", "KILL", str(int(deadline + 15)), sys.executable, str(HERE / "servers.py"), "read", url,
+               "--frames", str(frames), "--deadline", str(deadline), "--open-timeout", str(open_timeout),
+               "--read-timeout", str(read_timeout)] + (["--reconnect"] if reconnect else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.DEVNULL)
+
+    def result(self) -> dict:
+        try:
+            self.proc.wait(self.deadline + 20)
+        finally:
+            stop_pid(self.proc)
+        self.out.seek(0)
+        text = self.out.read().decode()
+        self.out.close()
+        assert text.strip(), f"RTMP reader printed nothing (exit {self.proc.returncode})"
+        return json.loads(text.strip().splitlines()[-1])
+
+
+def _read_main(argv: list[str]) -> None:
+    """`read URL`: read an RTMP stream with PyAV until --frames frames, --deadline, or (without
+    --reconnect) the first read timeout. nginx never sends end-of-stream, so timeouts end the read."""
+    import argparse
+
+    import av
+    import numpy as np
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--deadline", type=float, default=20.0)
+    ap.add_argument("--open-timeout", type=float, default=10.0)
+    ap.add_argument("--read-timeout", type=float, default=3.0)
+    ap.add_argument("--reconnect", action="store_true")
+    a = ap.parse_args(argv)
+    end = time.monotonic() + a.deadline
+    result = {"segments": [], "width": None, "height": None, "rate": None, "means": [], "times": [],
+              "first_frame_s": None, "errors": []}
+    t0 = time.monotonic()
+    total = 0
+    while time.monotonic() < end and total < a.frames:
+        count = 0
+        try:
+            with av.open(a.url, timeout=(a.open_timeout, a.read_timeout),
+                         options={"analyzeduration": "1000000", "probesize": "32768"}) as c:
+                stream = c.streams.video[0]
+                result["rate"] = float(stream.average_rate or stream.guessed_rate or 0) or None
+                for frame in c.decode(stream):
+                    if result["first_frame_s"] is None:
+                        result["first_frame_s"] = time.monotonic() - t0
+                    result["width"], result["height"] = frame.width, frame.height
+                    rgb = frame.to_ndarray(format="rgb24")
+                    result["means"].append([round(float(v), 1) for v in rgb.reshape(-1, 3).mean(0)])
+                    result["times"].append(round(time.monotonic() - t0, 3))
+                    count += 1
+                    total += 1
+                    if total >= a.frames or time.monotonic() >= end:
+                        break
+        except Exception as exc:  # timeouts and dropped connections end a segment
+            result["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+        if count:
+            result["segments"].append(count)
+        if not a.reconnect:
+            break
+        time.sleep(0.2)
+    result["frames"] = total
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "read":
+        _read_main(sys.argv[2:])
+    else:
+        sys.exit(__doc__)
