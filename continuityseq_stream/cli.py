@@ -1,0 +1,238 @@
+"""`continuityseq-stream`: the command line. Thin: parse flags -> `GenerationConfig` -> run.
+
+`main` is a click group whose default command is `run`, so both of these work:
+
+    continuityseq-stream --model b-f/ContinuitySeq-A --prompt "..." --times 4
+    continuityseq-stream run --model demo --prompt "..."
+
+Adding a subcommand is one line: `main.add_command(my_click_command)` (e.g. in this module's
+bottom or in the module that defines it, imported here).
+
+`run` takes every flag of the original `inference.py` (short and long names as the original;
+underscore and hyphen spellings both accepted) and writes an H.264 mp4 while chunks arrive. The
+loop that moves chunks to the output is `run_loop()`: the one function to swap for another
+runtime (producer process, ring buffer, several sinks).
+
+Errors: a `ContinuitySeqError` (or a click usage error) becomes one line on stderr and exit status 2;
+Ctrl-C closes the output cleanly and exits 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import uuid
+from typing import Iterable, Optional
+
+import click
+
+from .config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
+from .errors import ConfigError, ContinuitySeqError
+
+logger = logging.getLogger("continuityseq_stream")
+
+PROG = "continuityseq-stream"
+
+
+# -- the group with a default command -----------------------------------------------------------
+class DefaultGroup(click.Group):
+    """A group that runs `default_command` when the first argument is not a subcommand, and that
+    reports errors in one line (exit status 2) instead of a usage block or a traceback."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        elif not args:
+            args = [self.default_command]
+        return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - see class docstring
+        try:
+            rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo(f"{PROG}: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            hint = f" (see {PROG} --help)" if isinstance(e, click.UsageError) else ""
+            click.echo(f"{PROG}: error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(2)
+        except ContinuitySeqError as e:
+            click.echo(f"{PROG}: error: {' '.join(str(e).split())}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo(f"{PROG}: interrupted", err=True)
+            sys.exit(130)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="continuityseq_stream", prog_name=PROG)
+def main() -> None:
+    """Never-ending text-to-video with ContinuitySeq models, streamed while it is generated.
+
+    Without a subcommand, runs `run` (the original inference.py flags).
+    """
+
+
+# -- output naming and the run loop ----------------------------------------------------------------
+def slugify(text: str, max_len: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "video"
+
+
+def output_stem(config: GenerationConfig, short_id: Optional[str] = None) -> str:
+    """`<prompt-slug>_<short id>[_<model name>]` (model name with -N/--include-model)."""
+    stem = f"{slugify(config.prompt)}_{short_id or uuid.uuid4().hex[:8]}"
+    if config.include_model:
+        stem += "_" + slugify(os.path.basename(os.path.normpath(config.model)), 40)
+    return stem
+
+
+def _chunk_progress(chunks: Iterable, total: Optional[int]) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(chunks, total=total, desc="chunks", unit="chunk", file=sys.stderr, disable=None)
+
+
+def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None) -> int:
+    """Generate `config` and write it to `output_path` while chunks arrive; returns frames written.
+
+    This is the one place that moves chunks to an output (swap it for the producer/ring/sinks
+    runtime). The file is created at the first frame; when the run fails before that, nothing is
+    left behind; once frames are written the (crash-safe) file is kept and closed properly.
+    """
+    from .chunk import FrameMeta
+    from .session import open_stream
+    from .sinks.base import StreamInfo
+    from .sinks.file import FileSink
+
+    sink = FileSink(output_path)
+    try:
+        with sink:
+            chunks = open_stream(config, save_init_to=save_init_to)
+            for chunk in _chunk_progress(chunks, config.times or None):
+                if sink.info is None:
+                    h, w = chunk.frames.shape[1:3]
+                    sink.open(StreamInfo(width=w, height=h, fps=config.fps))
+                for i, frame in enumerate(chunk.frames):
+                    n = chunk.first_frame + i
+                    sink.write(frame, FrameMeta(index=n, chunk=chunk.index, pts=n / config.fps, prompt=chunk.prompt))
+    except BaseException:
+        if sink.frames_written == 0 and os.path.exists(output_path):
+            os.remove(output_path)
+        raise
+    return sink.frames_written
+
+
+# -- the `run` command ---------------------------------------------------------------------------
+def _names(short: Optional[str], long: str, *more: str) -> list[str]:
+    """Short name, the long name, and its other spelling (hyphens <-> underscores)."""
+    other = "--" + (long[2:].replace("-", "_") if "-" in long[2:] else long[2:].replace("_", "-"))
+    names = ([short] if short else []) + [long]
+    if other != long:
+        names.append(other)
+    return names + list(more)
+
+
+def _opt(short, long, dest, **kw):
+    return click.option(*_names(short, long), dest, **kw)
+
+
+RUN_OPTIONS = [
+    _opt("-m", "--model", "model", default=DEFAULT_MODEL, show_default=True,
+         help="Model folder or hub id (diffusers layout), or 'demo' (tiny random-weight model, offline)."),
+    _opt("-p", "--prompt", "prompt", required=True, help="Text prompt."),
+    _opt("-t", "--times", "times", type=int, default=1, show_default=True,
+         help="Number of chunks (each continues from the last frames of the previous); 0 = until stopped."),
+    _opt("-o", "--output-dir", "output_dir", default="./output", show_default=True, help="Where the mp4 goes."),
+    _opt("-n", "--negative-prompt", "negative_prompt", default=None, help="Negative prompt (default: empty)."),
+    _opt("-T", "--num-frames", "num_frames", type=int, default=8, show_default=True, help="Frames per chunk."),
+    _opt("-CN", "--min_conditioning_n_sample_frames", "min_conditioning_frames", type=int, default=1,
+         show_default=True, help="Min conditioning frames k, drawn after each chunk."),
+    _opt("-CX", "--max_conditioning_n_sample_frames", "max_conditioning_frames", type=int, default=8,
+         show_default=True, help="Max conditioning frames k (also: frames taken from --init-video)."),
+    _opt("-WI", "--width", "width", type=int, default=576, show_default=True, help="Video width (multiple of 8)."),
+    _opt("-HI", "--height", "height", type=int, default=320, show_default=True, help="Video height (multiple of 8)."),
+    _opt("-IW", "--image-width", "image_width", type=int, default=None, help="Init image width for -MP (default: video width)."),
+    _opt("-IH", "--image-height", "image_height", type=int, default=None, help="Init image height for -MP (default: video height)."),
+    _opt("-MP", "--model-2d", "model_2d", default=DEFAULT_MODEL_2D, show_default=True,
+         help="Text-to-image model for the first frame, or 'demo'."),
+    _opt("-i", "--init-image", "init_image", default=None, help="Start from this image (any size; resized)."),
+    _opt(None, "--init-video", "init_video", default=None, help="Continue this video (its last CX frames condition the first chunk)."),
+    _opt("-VS", "--vae-scale", "vae_scale", type=float, default=None, help="VAE scaling factor (default: the VAE config's, 0.18215 for SD VAEs)."),
+    _opt("-VB", "--vae-batch-size", "vae_batch_size", type=int, default=16, show_default=True, help="Frames per VAE call."),
+    _opt("-s", "--num-steps", "num_steps", type=int, default=25, show_default=True, help="DDIM steps per chunk."),
+    _opt("-g", "--guidance-scale", "guidance_scale", type=float, default=30.0, show_default=True, help="Classifier-free guidance."),
+    _opt("-IG", "--image-guidance-scale", "image_guidance_scale", type=float, default=12.5, show_default=True,
+         help="Guidance of the -MP text-to-image model."),
+    _opt("-f", "--fps", "fps", type=float, default=16.0, show_default=True, help="Output frame rate."),
+    _opt("-d", "--device", "device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)."),
+    _opt(None, "--dtype", "dtype", type=click.Choice(DTYPES), default=None,
+         help="Weights/compute dtype (default: float16 on CUDA, float32 otherwise)."),
+    _opt("-x", "--xformers", "xformers", is_flag=True, help="Use xformers attention (must be installed)."),
+    _opt("-S", "--sdp", "sdp", is_flag=True, help="Use PyTorch SDPA attention (the default; kept for the original's command lines)."),
+    _opt(None, "--no-sdp", "no_sdp", is_flag=True, help="Use plain (math) attention instead of SDPA."),
+    _opt("-r", "--seed", "seed", type=int, default=None, help="Seed (default: random in [0, 9999999], logged)."),
+    _opt("-I", "--save-init", "save_init", is_flag=True, help="Also write the init image (PNG) beside the video."),
+    _opt("-N", "--include-model", "include_model", is_flag=True, help="Put the model name in the file name."),
+    _opt("-u", "--upscale", "upscale", is_flag=True, help="x2 latent upscaler per chunk (see --upscaler)."),
+    _opt(None, "--upscaler", "upscaler", default=DEFAULT_UPSCALER, show_default=True, help="Latent upscaler model for -u."),
+]
+
+
+def config_from_options(options: dict) -> GenerationConfig:
+    """Click's option values -> a validated GenerationConfig (ConfigError on bad values)."""
+    values = dict(options)
+    values.pop("sdp", None)
+    values["sdp"] = not values.pop("no_sdp", False)
+    return GenerationConfig.from_dict(values)
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger("continuityseq_stream")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def _run(**options) -> None:
+    """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
+    _setup_logging()
+    from .session import resolve_seed
+
+    config = resolve_seed(config_from_options(options))
+    try:
+        os.makedirs(config.output_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"-o/--output-dir: cannot create {config.output_dir!r} ({e.strerror}); choose a writable folder") from None
+    stem = output_stem(config)
+    path = os.path.join(config.output_dir, stem + ".mp4")
+    save_init_to = os.path.join(config.output_dir, stem + "_init.png") if config.save_init else None
+    logger.info("writing %s", path)
+    try:
+        frames = run_loop(config, path, save_init_to=save_init_to)
+    except KeyboardInterrupt:
+        if os.path.exists(path):
+            click.echo(path)
+        raise
+    logger.info("%d frames written", frames)
+    click.echo(path)
+
+
+run = _run
+for _decorator in reversed(RUN_OPTIONS):
+    run = _decorator(run)
+run = main.command("run", context_settings={"show_default": True})(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""ContinuitySeqPipeline: text + a few clean latent frames -> the next chunk of video, forever.
+
+One chunk (ARCHITECTURE.md §9, the original `inference.py`):
+
+1. `encode_prompt`: CLIP last hidden states of the prompt, padded to `tokenizer.model_max_length`
+   (77) without attention mask; with classifier-free guidance (guidance > 1) the unconditional
+   embeddings (the negative prompt, default `""`) come **first**: `[uncond, cond]`.
+2. `prepare_conditioning` (first chunk only): the init pixels in [-1, 1] are VAE-encoded in batches
+   of `vae_batch_size` frames; latent = `latent_dist.mean` x scaling factor (`vae_scale` overrides
+   `vae.config.scaling_factor`). The original drew `latent_dist.sample()` from the global RNG; we use
+   the mean, which is deterministic and differs by the VAE's tiny posterior std only.
+   Later chunks get their conditioning as latents directly (the last k frames of the previous chunk).
+3. `denoise_chunk`: noise `[1, 4, F, h, w]` from the explicit `generator` (drawn in float32 on the
+   generator's device, then moved), DDIM over `num_inference_steps` with eta 0; at every step the
+   **clean** conditioning latents (never noised, identical at every step) go to the UNet beside the
+   noisy latents; ε = ε_u + g (ε_c − ε_u).
+4. `decode_latents`: latents / scaling factor through the VAE in batches of `vae_batch_size` frames,
+   then `to_uint8`: clamp to [-1, 1], (x + 1) x 127.5, rounded -> uint8 `[F, H, W, 3]`.
+5. After each chunk a `ConditioningSelector` picks k; the next chunk is conditioned on the last k
+   latent frames of this chunk (k > F means all F).
+
+`stream()` yields one decoded `Chunk` at a time and keeps only the k conditioning latents between
+chunks, so memory is flat in the number of chunks. `__call__` collects `times` chunks.
+
+Per-chunk parameters (prompt, negative prompt, guidance, steps) are read from a `StreamControls`
+object at every chunk boundary; updating it from another thread changes the next chunk (hook for
+prompt schedules and live control).
+
+Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
+its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
+encoder); randomness only from explicit generators. The original's CLAHE post-processing is not
+applied (frames are the decoder's output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from .chunk import Chunk
+from .conditioning import ConditioningSelector, UniformConditioning, clamp_k
+from .errors import CheckpointError, ConfigError
+from .sources import pixels_to_uint8, to_pixels
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput", "StreamControls", "resolve_pretrained_path"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
+
+
+def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
+    """A local folder, the demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
+
+    `demo` says which tiny model the name "demo" means: "video" (ContinuitySeq) or "2d" (text-to-image).
+    Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
+    path, or a hub id that is not cached while offline).
+    """
+    name = str(path_or_repo_id)
+    if name == "demo":
+        from . import tiny
+
+        logger.warning(tiny.DEMO_LABEL)
+        return str(tiny.demo_2d_model_path() if demo == "2d" else tiny.demo_model_path())
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name):
+        raise CheckpointError(f"{flag}: {name!r} is a file; pass a diffusers-layout model folder or a hub id")
+    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise CheckpointError(
+            f"{flag}: {name!r} does not exist; pass a local diffusers-layout folder, a hub id such as "
+            "b-f/ContinuitySeq-A, or 'demo'"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name)
+    except Exception as e:  # offline, unknown repo, no network: all mean "cannot get it"
+        reason = type(e).__name__
+        raise CheckpointError(
+            f"{flag}: cannot get {name!r} from the Hugging Face hub ({reason}); "
+            "pass a local folder (e.g. one made with `huggingface-cli download`) or 'demo'"
+        ) from None
+
+
+@dataclass
+class StreamControls:
+    """Per-chunk parameters, re-read by `stream()` at every chunk boundary.
+
+    Thread-safe: another thread (a prompt schedule, a control socket) may call `update()`; the
+    change applies from the next chunk on.
+    """
+
+    prompt: str
+    negative_prompt: Optional[str] = None
+    guidance_scale: float = 30.0
+    num_inference_steps: int = 25
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def update(self, **changes: Any) -> None:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown stream control(s) {sorted(unknown)}; known: {sorted(known)}")
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self, key, value)
+
+    def snapshot(self) -> "StreamControls":
+        with self._lock:
+            return StreamControls(self.prompt, self.negative_prompt, self.guidance_scale, self.num_inference_steps)
+
+
+@dataclass
+class ContinuitySeqPipelineOutput(BaseOutput):
+    """frames: uint8 `[times * F, H, W, 3]`."""
+
+    frames: np.ndarray
+
+
+class ContinuitySeqPipeline(DiffusionPipeline):
+    """Chunked text-to-video with clean latent conditioning (ContinuitySeq / vseq2vseq).
+
+    Components: `unet` (continuityseq_stream.models.ContinuitySeqUNet), `vae` (AutoencoderKL),
+    `text_encoder` (CLIPTextModel), `tokenizer` (CLIPTokenizer), `scheduler` (DDIMScheduler).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Union[str, os.PathLike],
+        *,
+        torch_dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        **kwargs: Any,
+    ) -> "ContinuitySeqPipeline":
+        """Load every component explicitly from its subfolder of a diffusers-layout folder.
+
+        `model_index.json` is not used to pick classes: the ContinuitySeq-A checkpoint names
+        `TextToVideoSDPipeline` and `UNet3DConditionModel`, but its UNet is the project's
+        `ContinuitySeqUNet`. The scheduler is always DDIM built from the saved scheduler config,
+        whatever class that config names (as the original). `kwargs` are not supported.
+        """
+        if kwargs:
+            raise ConfigError(f"ContinuitySeqPipeline.from_pretrained: unsupported argument(s) {sorted(kwargs)}")
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        from .models import ContinuitySeqUNet
+
+        folder = resolve_pretrained_path(pretrained_model_name_or_path)
+        missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]
+        if missing:
+            raise CheckpointError(
+                f"-m/--model: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
+                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/"
+            )
+
+        def load(name: str, fn):
+            try:
+                return fn()
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(
+                    f"-m/--model: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                ) from None
+
+        dtype = torch_dtype or torch.float32
+        scheduler = load("scheduler", lambda: DDIMScheduler.from_config(
+            DDIMScheduler.load_config(folder, subfolder="scheduler")))
+        tokenizer = load("tokenizer", lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"))
+        text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", dtype=dtype))
+        vae = load("vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
+        unet = load("unet", lambda: ContinuitySeqUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtype))
+        for m in (text_encoder, vae, unet):
+            m.eval()
+        pipe = cls(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        if device is not None:
+            pipe = pipe.to(device)
+        return pipe
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def scaling_factor(self, vae_scale: Optional[float] = None) -> float:
+        return float(vae_scale) if vae_scale is not None else float(self.vae.config.scaling_factor)
+
+    @property
+    def _device(self) -> torch.device:
+        return self._execution_device
+
+    # -- named steps ----------------------------------------------------------------------------
+    def _encode_text(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        hidden = self.text_encoder(ids.to(self._device))[0]  # last hidden state (after final LN)
+        return hidden.to(self.unet.dtype)
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: str, negative_prompt: Optional[str] = None, do_cfg: bool = True) -> torch.Tensor:
+        """`[1, 77, D]`, or `[2, 77, D]` = concat([uncond, cond]) with guidance (uncond first)."""
+        cond = self._encode_text(prompt)
+        if not do_cfg:
+            return cond
+        uncond = self._encode_text(negative_prompt if negative_prompt is not None else "")
+        return torch.cat([uncond, cond])
+
+    @torch.inference_mode()
+    def prepare_conditioning(
+        self, pixels: torch.Tensor, vae_batch_size: int = 16, vae_scale: Optional[float] = None
+    ) -> torch.Tensor:
+        """Pixels `[N, 3, H, W]` in [-1, 1] -> clean conditioning latents `[1, 4, N, H/8, W/8]`."""
+        x = pixels.to(self._device, self.vae.dtype)
+        parts = [self.vae.encode(x[i: i + vae_batch_size]).latent_dist.mean for i in range(0, x.shape[0], vae_batch_size)]
+        latents = torch.cat(parts) * self.scaling_factor(vae_scale)  # [N, 4, h, w]
+        return latents.permute(1, 0, 2, 3).unsqueeze(0).to(self.unet.dtype).contiguous()
+
+    def prepare_latents(self, num_frames: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """Initial noise `[1, 4, F, h, w]` from `generator` (float32 on its device, then moved/cast)."""
+        shape = (1, self.unet.config.in_channels, num_frames, height, width)
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return noise.to(self._device, self.unet.dtype) * self.scheduler.init_noise_sigma
+
+    def _unet(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        out = self.unet(x, y, t, encoder_hidden_states=text)
+        if isinstance(out, torch.Tensor):
+            return out
+        return out.sample if hasattr(out, "sample") else out[0]
+
+    @torch.inference_mode()
+    def denoise_chunk(
+        self,
+        conditioning: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        num_frames: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One chunk: DDIM (eta 0) from fresh noise with the clean `conditioning` `[1, 4, Fc, h, w]`
+        at every step -> denoised latents `[1, 4, F, h, w]`.
+
+        With guidance (`prompt_embeds` has batch 2, uncond first) the noisy latents are doubled; the
+        conditioning is passed once (batch 1): ContinuitySeqUNet computes the conditioning stream once
+        and shares it between both halves (same result as concat([y] * 2), half the work)."""
+        do_cfg = prompt_embeds.shape[0] == 2
+        h, w = conditioning.shape[-2:]
+        self.scheduler.set_timesteps(num_inference_steps, device=self._device)
+        latents = self.prepare_latents(num_frames, h, w, generator)
+        y = conditioning.to(self._device, self.unet.dtype)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x_in = torch.cat([latents] * 2) if do_cfg else latents
+            x_in = self.scheduler.scale_model_input(x_in, t)
+            y_in = self.scheduler.scale_model_input(y, t)  # identity for DDIM; never noised
+            eps = self._unet(x_in, y_in, t, prompt_embeds)
+            if do_cfg:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            latents = self.scheduler.step(eps, t, latents, eta=0.0, generator=generator).prev_sample
+        return latents
+
+    @torch.inference_mode()
+    def decode_latents(
+        self, latents: torch.Tensor, vae_batch_size: int = 16, vae_scale: Optional[float] = None
+    ) -> torch.Tensor:
+        """Latents `[1, 4, F, h, w]` -> pixels `[F, 3, H, W]` (float, about [-1, 1]), `vae_batch_size`
+        frames per VAE call."""
+        z = latents[0].permute(1, 0, 2, 3) / self.scaling_factor(vae_scale)  # [F, 4, h, w]
+        z = z.to(self.vae.dtype)
+        return torch.cat([self.vae.decode(z[i: i + vae_batch_size]).sample for i in range(0, z.shape[0], vae_batch_size)])
+
+    @torch.inference_mode()
+    def upscale_latents(self, latents: torch.Tensor, upscaler, prompt: str, generator: torch.Generator,
+                        vae_batch_size: int = 16, num_inference_steps: int = 20) -> torch.Tensor:
+        """`-u/--upscale`: SD x2 latent upscaler per frame -> latents `[1, 4, F, 2h, 2w]` (same VAE
+        space; the upscaler and the video model share the SD VAE)."""
+        z = latents[0].permute(1, 0, 2, 3)
+        out = []
+        for i in range(0, z.shape[0], vae_batch_size):
+            part = z[i: i + vae_batch_size]
+            out.append(upscaler(
+                prompt=[prompt] * part.shape[0], image=part.to(upscaler.unet.dtype), num_inference_steps=num_inference_steps,
+                guidance_scale=0.0, generator=generator, output_type="latent",
+            ).images.to(latents.dtype))
+        return torch.cat(out).permute(1, 0, 2, 3).unsqueeze(0)
+
+    @staticmethod
+    def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+        """Pixels `[F, 3, H, W]` -> uint8 `[F, H, W, 3]` (clamp [-1, 1], (x + 1) x 127.5, rounded)."""
+        return pixels_to_uint8(pixels)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompt: Union[str, StreamControls],
+        negative_prompt: Optional[str] = None,
+        *,
+        num_frames: int = 8,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 30.0,
+        selector: Optional[ConditioningSelector] = None,
+        image: Any = None,
+        init_latents: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        times: Optional[int] = None,
+        vae_batch_size: int = 16,
+        vae_scale: Optional[float] = None,
+        upscaler: Any = None,
+    ) -> Iterator[Chunk]:
+        """Yield decoded chunks one at a time; `times=None` runs forever.
+
+        prompt: a string, or a `StreamControls` whose fields are re-read before every chunk (then
+            `negative_prompt`, `num_inference_steps` and `guidance_scale` here are ignored).
+        image: the first chunk's conditioning pixels (PIL image, uint8 array `[H, W, 3]` /
+            `[N, H, W, 3]`, or a tensor in [-1, 1]), resized to `height x width`; with several frames
+            (an init video) the last `selector.max_k` are used. Or pass `init_latents`
+            `[1, 4, Fc, h, w]` (already scaled) instead.
+        selector: k after each chunk (default: the original's uniform [1, 8], unseeded).
+        generator: the only source of noise (default: a CPU generator with a random seed).
+        upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
+        """
+        controls = prompt if isinstance(prompt, StreamControls) else StreamControls(
+            prompt, negative_prompt, guidance_scale, num_inference_steps)
+        selector = selector or UniformConditioning(1, 8)
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
+        if times is not None and times < 1:
+            raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ConfigError(f"-T/--num-frames: got {num_frames!r}; use a number of frames per chunk >= 1")
+
+        conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
+        embeds_cache: dict = {}
+        index = first_frame = 0
+        while times is None or index < times:
+            params = controls.snapshot()
+            do_cfg = params.guidance_scale > 1.0
+            key = (params.prompt, params.negative_prompt, do_cfg)
+            if key not in embeds_cache:
+                embeds_cache.clear()  # only the current prompt is kept
+                embeds_cache[key] = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
+            frames, conditioning, used = self._next_chunk(
+                conditioning, embeds_cache[key], params, num_frames, index, selector, generator,
+                vae_batch_size, vae_scale, upscaler,
+            )
+            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=params.prompt)
+            index += 1
+            first_frame += frames.shape[0]
+
+    def _initial_conditioning(self, image, init_latents, height, width, selector, vae_batch_size, vae_scale) -> torch.Tensor:
+        if init_latents is not None:
+            if init_latents.ndim != 5:
+                raise ConfigError(f"init_latents: got shape {tuple(init_latents.shape)}; use [1, 4, Fc, h, w]")
+            return init_latents[:, :, -selector.max_k:]
+        if image is None:
+            raise ConfigError("stream(): give `image` (init image or video frames) or `init_latents` for the first chunk")
+        if height is None or width is None:
+            if isinstance(image, torch.Tensor):
+                height, width = image.shape[-2:]
+            else:
+                arr = np.asarray(image if not isinstance(image, (list, tuple)) else image[0])
+                height, width = arr.shape[-3:-1]
+        for name, v in (("-HI/--height", height), ("-WI/--width", width)):
+            if int(v) % self.vae_scale_factor or int(v) < self.vae_scale_factor:
+                raise ConfigError(f"{name}: got {v}; use a positive multiple of {self.vae_scale_factor}")
+        pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
+        return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
+
+    def _next_chunk(self, conditioning, prompt_embeds, params, num_frames, index, selector, generator,
+                    vae_batch_size, vae_scale, upscaler):
+        """Denoise + pick the next conditioning + decode. Returns (uint8 frames, next conditioning, k used).
+
+        Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
+        latents = self.denoise_chunk(
+            conditioning, prompt_embeds, num_frames, params.num_inference_steps, params.guidance_scale, generator)
+        k = clamp_k(selector.next_k(index, num_frames), num_frames)
+        next_conditioning = latents[:, :, -k:].clone()
+        if upscaler is not None:
+            latents = self.upscale_latents(latents, upscaler, params.prompt, generator, vae_batch_size)
+        frames = self.to_uint8(self.decode_latents(latents, vae_batch_size, vae_scale))
+        return frames, next_conditioning, int(conditioning.shape[2])
+
+    # -- diffusers convention -------------------------------------------------------------------
+    def __call__(self, prompt: str, negative_prompt: Optional[str] = None, *, times: int = 1,
+                 output_type: str = "np", return_dict: bool = True, **kwargs: Any):
+        """All frames of `times` chunks as uint8 `[times * F, H, W, 3]` (`output_type="np"`).
+        Keyword arguments are those of `stream()`."""
+        if output_type != "np":
+            raise ConfigError(f"output_type: got {output_type!r}; only 'np' (uint8 frames) is supported")
+        if times is None or times < 1:
+            raise ConfigError(f"times: got {times!r}; __call__ needs a finite number of chunks >= 1 (use stream() for forever)")
+        frames = np.concatenate([c.frames for c in self.stream(prompt, negative_prompt, times=times, **kwargs)])
+        return ContinuitySeqPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -1,0 +1,164 @@
+"""`open_stream(config)`: from a validated `GenerationConfig` to an iterator of decoded chunks.
+
+The one entry point the CLI and the producer process share. It
+
+1. resolves the device (`-d`; default cuda, else mps, else cpu), the dtype (`--dtype`; default
+   float16 on CUDA, float32 elsewhere), the attention kernel (`-S` SDPA, the default; `-x`
+   xformers, a clear error when it is not installed) and the seed (`-r`; default a random integer
+   in [0, 9,999,999] as the original, logged so the run can be repeated);
+2. checks the model path (`-m`, or `demo`) before any heavy work;
+3. makes the first chunk's conditioning pixels from `-i` (init image), `--init-video` (its last
+   CX frames) or the text-to-image model `-MP` (`-IW/-IH/-IG`), and writes them with `-I`;
+4. loads the pipeline (and with `-u` the latent upscaler), builds the original's conditioning
+   policy (k uniform in [CN, CX]) with a `random.Random(seed)`, and a CPU `torch.Generator(seed)`
+   for all noise;
+5. yields `Chunk`s, `times` of them (0 = forever).
+
+Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError`s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from .chunk import Chunk
+from .config import GenerationConfig
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["open_stream", "resolve_runtime", "Runtime", "resolve_seed"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the model runs."""
+
+    device: torch.device
+    dtype: torch.dtype
+    attention: str  # "sdpa", "xformers" or "math"
+
+
+def resolve_seed(config: GenerationConfig) -> GenerationConfig:
+    """The config with a seed: `-r` if given, else a random one in [0, 9,999,999] (the original's range)."""
+    if config.seed is not None:
+        return config
+    return config.replace(seed=random.SystemRandom().randint(0, 9_999_999))
+
+
+def resolve_runtime(config: GenerationConfig) -> Runtime:
+    """Device, dtype and attention kernel for `config`; ConfigError when one is not available."""
+    name = config.device
+    if name is None:
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    base = name.split(":")[0]
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"-d/--device: got {name!r} but CUDA is not available here; use -d cpu")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError(f"-d/--device: got {name!r} but MPS is not available here; use -d cpu")
+    if base == "cuda" and ":" in name:
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"-d/--device: got {name!r}; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    device = torch.device(name)
+    if config.dtype is not None:
+        dtype = _DTYPES[config.dtype]
+    else:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if config.xformers:
+        if importlib.util.find_spec("xformers") is None:
+            raise ConfigError("-x/--xformers: xformers is not installed; `pip install xformers` or use -S/--sdp (PyTorch SDPA)")
+        attention = "xformers"
+    else:
+        attention = "sdpa" if config.sdp else "math"
+    return Runtime(device=device, dtype=dtype, attention=attention)
+
+
+def _first_pixels(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
+    """Conditioning pixels `[Fc, 3, H, W]` in [-1, 1] for the first chunk (cheap checks first)."""
+    from . import sources
+
+    h, w = config.height, config.width
+    if config.init_image is not None:
+        return sources.load_init_image(config.init_image, h, w)
+    if config.init_video is not None:
+        return sources.load_init_video(config.init_video, h, w, config.max_conditioning_frames)
+    logger.info("rendering the init image with %s", config.model_2d)
+    return sources.generate_init_image(
+        config.model_2d, config.prompt, height=h, width=w, image_height=config.image_height,
+        image_width=config.image_width, negative_prompt=config.negative_prompt,
+        guidance_scale=config.image_guidance_scale, generator=torch.Generator("cpu").manual_seed(config.seed),
+        device=runtime.device, dtype=runtime.dtype,
+    )
+
+
+def open_stream(
+    config: GenerationConfig,
+    *,
+    save_init_to: Optional[str] = None,
+    progress: bool = True,
+    controls=None,
+) -> Iterator[Chunk]:
+    """Yield the chunks `config` asks for (`config.times`, 0 = forever).
+
+    save_init_to: where `-I/--save-init` writes the init image (default `<output-dir>/init_<seed>.png`).
+    progress: show diffusers' per-step progress bar (tqdm, stderr).
+    controls: a `pipeline.StreamControls` to change prompt/guidance/steps between chunks (live
+        control, prompt schedules); default: fixed values from `config`.
+    """
+    from .conditioning import UniformConditioning
+    from .pipeline import ContinuitySeqPipeline, StreamControls, resolve_pretrained_path
+
+    config = resolve_seed(config)
+    runtime = resolve_runtime(config)
+    logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
+                str(runtime.dtype).replace("torch.", ""), runtime.attention)
+    folder = resolve_pretrained_path(config.model)  # fail fast on a bad -m before rendering anything
+    pixels = _first_pixels(config, runtime)
+    if config.save_init:
+        from .sources import save_init_image
+
+        path = save_init_to or os.path.join(config.output_dir, f"init_{config.seed}.png")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        logger.info("init image saved to %s", save_init_image(pixels[-1:], path))
+
+    pipe = ContinuitySeqPipeline.from_pretrained(folder, torch_dtype=runtime.dtype, device=runtime.device)
+    pipe.unet.set_attention_backend(runtime.attention)
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
+    upscaler = None
+    if config.upscale:
+        from .sources import load_upscaler
+
+        upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
+        upscaler.set_progress_bar_config(disable=True)
+
+    if controls is None:
+        controls = StreamControls(config.prompt, config.negative_prompt, config.guidance_scale, config.num_steps)
+    yield from pipe.stream(
+        controls,
+        num_frames=config.num_frames,
+        height=config.height,
+        width=config.width,
+        selector=UniformConditioning(config.min_conditioning_frames, config.max_conditioning_frames,
+                                     random.Random(config.seed)),
+        image=pixels,
+        generator=torch.Generator("cpu").manual_seed(config.seed),
+        times=None if config.times == 0 else config.times,
+        vae_batch_size=config.vae_batch_size,
+        vae_scale=config.vae_scale,
+        upscaler=upscaler,
+    )
