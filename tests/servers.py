@@ -207,6 +207,42 @@ class Xvfb:
         self.stop()
 
 
+def close_window(display: str, title: str) -> int:
+    """Ask the window named `title` to close, as a window manager's close button does (a
+    WM_DELETE_WINDOW client message, sent with libX11 through ctypes; this xdotool has no windowclose).
+    Returns how many windows were asked."""
+    import ctypes
+    import ctypes.util
+
+    ids = subprocess.run(["xdotool", "search", "--name", title], env=dict(os.environ, DISPLAY=display),
+                         capture_output=True, text=True, timeout=10).stdout.split()
+    x11 = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XInternAtom.restype = ctypes.c_ulong
+    x11.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    x11.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    x11.XFlush.argtypes = x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+
+    class ClientMessage(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
+                    ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5), ("pad", ctypes.c_long * 12)]
+
+    dpy = x11.XOpenDisplay(display.encode())
+    assert dpy, f"cannot open {display}"
+    try:
+        for wid in ids:
+            ev = ClientMessage(type=33, send_event=1, display=dpy, window=int(wid),  # 33 = ClientMessage
+                               message_type=x11.XInternAtom(dpy, b"WM_PROTOCOLS", 0), format=32)
+            ev.data[0] = x11.XInternAtom(dpy, b"WM_DELETE_WINDOW", 0)
+            x11.XSendEvent(dpy, int(wid), 0, 0, ctypes.byref(ev))
+        x11.XFlush(dpy)
+    finally:
+        x11.XCloseDisplay(dpy)
+    return len(ids)
+
+
 class RtmpReader:
     """Runs this file's `read` command in a subprocess (under `timeout -s KILL`); `result()` is its JSON."""
 
