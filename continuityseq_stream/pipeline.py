@@ -344,15 +344,16 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             `[N, H, W, 3]`, or a tensor in [-1, 1]), resized to `height x width`; with several frames
             (an init video) the last `selector.max_k` are used. Or pass `init_latents`
             `[1, 4, Fc, h, w]` (already scaled) instead.
-        selector: k after each chunk (default: the original's uniform [1, 8], unseeded).
+        selector: k after each chunk (default: the original's uniform [1, 8], seeded from the
+            generator's initial seed, so a seeded generator alone makes the run reproducible).
         generator: the only source of noise (default: a CPU generator with a random seed).
         upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
         """
         controls = prompt if isinstance(prompt, StreamControls) else StreamControls(
             prompt, negative_prompt, guidance_scale, num_inference_steps)
-        selector = selector or UniformConditioning(1, 8)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
+        selector = selector or UniformConditioning(1, 8, random.Random(generator.initial_seed()))
         if times is not None and times < 1:
             raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
         if not isinstance(num_frames, int) or num_frames < 1:
