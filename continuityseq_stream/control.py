@@ -98,6 +98,30 @@ def error_response(message: str, field: Optional[str] = None) -> dict:
     return {"ok": False, "error": message, "field": field}
 
 
+def _jsonable(value: Any) -> Any:
+    """Fallback for json.dumps: numpy scalars/arrays and tensors by value, anything else as text."""
+    for attr in ("item", "tolist"):
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            try:
+                return fn()
+            except (TypeError, ValueError):
+                pass
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def encode_answer(answer: Mapping[str, Any]) -> bytes:
+    """The answer as UTF-8 JSON; values JSON cannot hold (numpy numbers, ...) are converted, and an
+    answer that still cannot be encoded becomes an error answer instead of killing the server."""
+    try:
+        return json.dumps(answer, default=_jsonable, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        log.warning("control: answer could not be encoded: %s", exc)
+        return json.dumps(error_response(f"internal error: the answer could not be encoded as JSON: {exc}")).encode("utf-8")
+
+
 class ControlServer:
     """A REP socket on a background thread answering control commands.
 
@@ -178,6 +202,8 @@ class ControlServer:
             sock = ctx.socket(zmq.REP)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            if self._requested.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
             try:
                 sock.bind(self._requested)
             except zmq.ZMQError as exc:
@@ -198,7 +224,7 @@ class ControlServer:
                     continue
                 answer = self.handle_request(parts[0] if len(parts) == 1 else None)
                 try:
-                    sock.send(json.dumps(answer).encode("utf-8"))
+                    sock.send(encode_answer(answer))
                 except zmq.ZMQError as exc:  # the peer went away; REP recovers on the next request
                     log.warning("control: could not send an answer: %s", exc)
         except Exception as exc:  # never let the control thread take the run down
@@ -325,6 +351,8 @@ class ControlClient:
         if self._sock is None:
             sock = self._ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.address.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
             try:
                 sock.connect(self.address)
             except zmq.ZMQError as exc:

@@ -25,8 +25,8 @@ from continuityseq_stream.control import (
     check_control_address,
     control_command,
 )
-from continuityseq_stream.errors import ConfigError, ContinuitySeqError
-from continuityseq_stream.prompts import LiveSettings, PromptSchedule, UpdateChannel, UpdateError
+from continuityseq_stream.errors import ConfigError
+from continuityseq_stream.prompts import LiveSettings, UpdateChannel, UpdateError
 
 TIMEOUT = 5.0
 
@@ -200,6 +200,18 @@ def test_client_times_out_and_recovers_with_a_fresh_socket():
         with ControlServer("tcp://127.0.0.1:*", on_update=dict, on_status=dict, on_stop=dict, poll_ms=20) as srv, \
                 ControlClient(srv.address, timeout=TIMEOUT) as c:
             c.call("set_seed", seed=-3)
+
+
+def test_answers_with_numpy_values_or_nan_are_still_sent():
+    import numpy as np
+
+    statuses = iter([{"gen_fps": np.float32(2.5), "ring": np.arange(2), "sinks": {"a"}}, {"fps": float("nan")}])
+    with ControlServer("tcp://127.0.0.1:*", on_update=dict, on_status=lambda: next(statuses), on_stop=dict,
+                       poll_ms=20) as srv, ControlClient(srv.address, timeout=TIMEOUT) as c:
+        assert c.call("status") == {"ok": True, "command": "status", "gen_fps": 2.5, "ring": [0, 1], "sinks": ["a"]}
+        answer = c.request({"command": "status"})
+        assert answer["ok"] is False and "could not be encoded" in answer["error"]
+        assert c.request({"command": "resume"})["ok"]
 
 
 def test_server_closes_quickly():
