@@ -101,7 +101,7 @@ class NginxRtmp:
             "events { worker_connections 64; }\n"
             "rtmp {\n  server {\n"
             f"    listen 127.0.0.1:{self.port};\n    chunk_size 4096;\n"
-            "    application live {\n      live on;\n      record off;\n    }\n  }\n}\n"
+            "    application live {\n      live on;\n      record off;\n      wait_key on;\n      wait_video on;\n    }\n  }\n}\n"
         )
 
     @property
@@ -249,20 +249,22 @@ class RtmpReader:
     def __init__(self, url: str, frames: int, deadline: float, reconnect: bool = False,
                  open_timeout: float = 10.0, read_timeout: float = 3.0) -> None:
         self.deadline = deadline
-        self.out = tempfile.TemporaryFile()
         cmd = ["timeout", "-s", "KILL", str(int(deadline + 15)), sys.executable, str(HERE / "servers.py"), "read", url,
                "--frames", str(frames), "--deadline", str(deadline), "--open-timeout", str(open_timeout),
                "--read-timeout", str(read_timeout)] + (["--reconnect"] if reconnect else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        # wait until the reader is about to connect (PyAV imported), then give the RTMP handshake and
+        # `play` a moment: a reader that joins a live stream late only starts at the next keyframe
+        first = self.proc.stdout.readline()
+        assert first.strip() == "connecting", f"RTMP reader did not start: {first!r}"
+        time.sleep(0.7)
 
     def result(self) -> dict:
         try:
-            self.proc.wait(self.deadline + 20)
+            text, _ = self.proc.communicate(timeout=self.deadline + 20)
         finally:
             stop_pid(self.proc)
-        self.out.seek(0)
-        text = self.out.read().decode()
-        self.out.close()
         assert text.strip(), f"RTMP reader printed nothing (exit {self.proc.returncode})"
         return json.loads(text.strip().splitlines()[-1])
 
@@ -288,11 +290,12 @@ def _read_main(argv: list[str]) -> None:
               "first_frame_s": None, "errors": []}
     t0 = time.monotonic()
     total = 0
+    print("connecting", flush=True)
     while time.monotonic() < end and total < a.frames:
         count = 0
         try:
             with av.open(a.url, timeout=(a.open_timeout, a.read_timeout),
-                         options={"analyzeduration": "1000000", "probesize": "32768"}) as c:
+                         options={"analyzeduration": "1000000", "probesize": "32768", "rtmp_buffer": "100"}) as c:
                 stream = c.streams.video[0]
                 result["rate"] = float(stream.average_rate or stream.guessed_rate or 0) or None
                 for frame in c.decode(stream):
