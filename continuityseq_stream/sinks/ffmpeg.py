@@ -376,10 +376,14 @@ class FfmpegSink(Sink):
         with self._lock:
             return dict(self._stats, queued=len(self._queue))
 
-    # -- Sink -----------------------------------------------------------------------------------------
-    def _open(self, info: StreamInfo) -> None:
+    def prepare(self) -> None:
+        """Called by the runtime before the producer starts: fail now (SinkError) without ffmpeg."""
         if not (shutil.which(self.binary) or os.path.isfile(self.binary)):
             raise SinkError(f"sink {self.name}: ffmpeg not found ({self.binary!r}); install ffmpeg (apt-get install ffmpeg)")
+
+    # -- Sink -----------------------------------------------------------------------------------------
+    def _open(self, info: StreamInfo) -> None:
+        self.prepare()
         if info.fps <= 0:
             raise SinkError(f"sink {self.name}: fps must be > 0, got {info.fps}")
         if self.log_path is None:

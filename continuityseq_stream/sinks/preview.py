@@ -219,6 +219,10 @@ class PreviewSink(Sink):
     def stats(self) -> dict:
         return {"shown": self.shown}
 
+    def prepare(self) -> None:
+        """Called by the runtime before the producer starts: fail now (SinkError) if there is no display."""
+        check_display()
+
     def _open(self, info: StreamInfo) -> None:
         check_display()
         self._window = _Window(self.title, self.wants_stop)
