@@ -118,6 +118,7 @@ def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Option
             chunks = open_stream(config, save_init_to=save_init_to)
             for chunk in _chunk_progress(chunks, config.times or None):
                 if sink.info is None:
+                    logger.info("writing %s", output_path)
                     h, w = chunk.frames.shape[1:3]
                     sink.open(StreamInfo(width=w, height=h, fps=config.fps))
                 for i, frame in enumerate(chunk.frames):
@@ -194,10 +195,22 @@ def config_from_options(options: dict) -> GenerationConfig:
     return GenerationConfig.from_dict(values)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging() -> None:
     root = logging.getLogger("continuityseq_stream")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
@@ -217,7 +230,6 @@ def _run(**options) -> None:
     stem = output_stem(config)
     path = os.path.join(config.output_dir, stem + ".mp4")
     save_init_to = os.path.join(config.output_dir, stem + "_init.png") if config.save_init else None
-    logger.info("writing %s", path)
     try:
         frames = run_loop(config, path, save_init_to=save_init_to)
     except KeyboardInterrupt:

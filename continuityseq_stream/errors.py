@@ -20,3 +20,9 @@ class CheckpointError(ContinuitySeqError):
 
 class SinkError(ContinuitySeqError):
     """A sink's target cannot be opened or written (unwritable path, refused connection...)."""
+
+
+class SinkEnded(SinkError):
+    """A sink's target went away in the ordinary way (e.g. the reader of stdout closed the pipe):
+    the sink ends with one line on stderr, the run and the other sinks go on, and it does not count
+    as a failure."""

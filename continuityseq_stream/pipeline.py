@@ -64,7 +64,8 @@ COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
 def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
     """A local folder, the demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
 
-    `demo` says which tiny model the name "demo" means: "video" (ContinuitySeq) or "2d" (text-to-image).
+    `demo` says which tiny model the name "demo" means: "video" (ContinuitySeq), "2d" (text-to-image)
+    or "upscaler" (x2 latent upscaler).
     Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
     path, or a hub id that is not cached while offline).
     """
@@ -72,8 +73,8 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
     if name == "demo":
         from . import tiny
 
-        logger.warning(tiny.DEMO_LABEL)
-        return str(tiny.demo_2d_model_path() if demo == "2d" else tiny.demo_model_path())
+        build = {"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}.get(demo, tiny.demo_model_path)
+        return str(build())
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
@@ -335,6 +336,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         vae_batch_size: int = 16,
         vae_scale: Optional[float] = None,
         upscaler: Any = None,
+        upscaler_steps: int = 20,
     ) -> Iterator[Chunk]:
         """Yield decoded chunks one at a time; `times=None` runs forever.
 
@@ -348,6 +350,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             generator's initial seed, so a seeded generator alone makes the run reproducible).
         generator: the only source of noise (default: a CPU generator with a random seed).
         upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
+            It runs `upscaler_steps` steps without guidance on each chunk's latents before decoding.
         """
         controls = prompt if isinstance(prompt, StreamControls) else StreamControls(
             prompt, negative_prompt, guidance_scale, num_inference_steps)
@@ -371,7 +374,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
                 embeds_cache[key] = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
             frames, conditioning, used = self._next_chunk(
                 conditioning, embeds_cache[key], params, num_frames, index, selector, generator,
-                vae_batch_size, vae_scale, upscaler,
+                vae_batch_size, vae_scale, upscaler, upscaler_steps,
             )
             yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=params.prompt)
             index += 1
@@ -397,7 +400,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
     def _next_chunk(self, conditioning, prompt_embeds, params, num_frames, index, selector, generator,
-                    vae_batch_size, vae_scale, upscaler):
+                    vae_batch_size, vae_scale, upscaler, upscaler_steps=20):
         """Denoise + pick the next conditioning + decode. Returns (uint8 frames, next conditioning, k used).
 
         Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
@@ -406,7 +409,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         k = clamp_k(selector.next_k(index, num_frames), num_frames)
         next_conditioning = latents[:, :, -k:].clone()
         if upscaler is not None:
-            latents = self.upscale_latents(latents, upscaler, params.prompt, generator, vae_batch_size)
+            latents = self.upscale_latents(latents, upscaler, params.prompt, generator, vae_batch_size, upscaler_steps)
         frames = self.to_uint8(self.decode_latents(latents, vae_batch_size, vae_scale))
         return frames, next_conditioning, int(conditioning.shape[2])
 

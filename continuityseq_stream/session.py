@@ -88,21 +88,29 @@ def resolve_runtime(config: GenerationConfig) -> Runtime:
     return Runtime(device=device, dtype=dtype, attention=attention)
 
 
-def _first_pixels(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
-    """Conditioning pixels `[Fc, 3, H, W]` in [-1, 1] for the first chunk (cheap checks first)."""
+def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
+    """Pixels `[Fc, 3, H, W]` in [-1, 1] from -i or --init-video (cheap; checked before heavy work),
+    or None when the text-to-image model must render them."""
     from . import sources
 
-    h, w = config.height, config.width
     if config.init_image is not None:
-        return sources.load_init_image(config.init_image, h, w)
+        return sources.load_init_image(config.init_image, config.height, config.width)
     if config.init_video is not None:
-        return sources.load_init_video(config.init_video, h, w, config.max_conditioning_frames)
+        return sources.load_init_video(config.init_video, config.height, config.width, config.max_conditioning_frames)
+    return None
+
+
+def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
+    from . import sources
+
     logger.info("rendering the init image with %s", config.model_2d)
     return sources.generate_init_image(
-        config.model_2d, config.prompt, height=h, width=w, image_height=config.image_height,
-        image_width=config.image_width, negative_prompt=config.negative_prompt,
-        guidance_scale=config.image_guidance_scale, generator=torch.Generator("cpu").manual_seed(config.seed),
-        device=runtime.device, dtype=runtime.dtype,
+        config.model_2d, config.prompt, height=config.height, width=config.width,
+        image_height=config.image_height, image_width=config.image_width,
+        negative_prompt=config.negative_prompt, guidance_scale=config.image_guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(config.seed), device=runtime.device, dtype=runtime.dtype,
+        # a real text-to-image model uses its own default number of steps; the demo one is noise anyway
+        num_inference_steps=config.num_steps if config.model_2d == "demo" else None,
     )
 
 
@@ -123,12 +131,19 @@ def open_stream(
     from .conditioning import UniformConditioning
     from .pipeline import ContinuitySeqPipeline, StreamControls, resolve_pretrained_path
 
+    from .tiny import DEMO_LABEL, DEMO_NAME
+
+    # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
     runtime = resolve_runtime(config)
+    folder = resolve_pretrained_path(config.model)
+    pixels = _init_pixels(config)
+    if DEMO_NAME in (config.model, config.model_2d if pixels is None else None, config.upscaler if config.upscale else None):
+        logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)
-    folder = resolve_pretrained_path(config.model)  # fail fast on a bad -m before rendering anything
-    pixels = _first_pixels(config, runtime)
+    if pixels is None:
+        pixels = _render_init(config, runtime)
     if config.save_init:
         from .sources import save_init_image
 
@@ -161,4 +176,5 @@ def open_stream(
         vae_batch_size=config.vae_batch_size,
         vae_scale=config.vae_scale,
         upscaler=upscaler,
+        upscaler_steps=2 if config.upscaler == "demo" else 20,
     )

@@ -66,7 +66,7 @@ def to_pixels(image: Any, height: int, width: int) -> torch.Tensor:
         arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ConfigError(f"image array: got {arr.dtype} {arr.shape}; use uint8 [H, W, 3] or [N, H, W, 3]")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return _resize(x, height, width).clamp(-1, 1)
 
 
@@ -204,7 +204,7 @@ def load_upscaler(upscaler: str, *, device: Union[str, torch.device] = "cpu", dt
 
     from .pipeline import resolve_pretrained_path
 
-    folder = resolve_pretrained_path(upscaler, flag="--upscaler")
+    folder = resolve_pretrained_path(upscaler, flag="--upscaler", demo="upscaler")
     try:
         pipe = StableDiffusionLatentUpscalePipeline.from_pretrained(folder, torch_dtype=dtype)
     except Exception as e:

@@ -9,9 +9,9 @@ output looks like coloured noise.
 - `save_tiny_pipeline(folder)` writes them in the ContinuitySeq-A checkpoint layout
   (`model_index.json` naming `TextToVideoSDPipeline`, `scheduler/`, `tokenizer/`, `text_encoder/`,
   `vae/`, `unet/`), so loading it goes through the real `ContinuitySeqPipeline.from_pretrained`.
-- `demo_model_path()` / `demo_2d_model_path()` build those folders once, cached under
-  `$XDG_CACHE_HOME/continuityseq_stream/` (default `~/.cache/continuityseq_stream/`); this is what
-  `--model demo` and `--model-2d demo` load.
+- `demo_model_path()` / `demo_2d_model_path()` / `demo_upscaler_path()` build those folders once,
+  cached under `$XDG_CACHE_HOME/continuityseq_stream/` (default `~/.cache/continuityseq_stream/`);
+  this is what `--model demo`, `--model-2d demo` and `--upscaler demo` load.
 
 Scheduler: ModelScope's text-to-video DDIM config (scaled-linear betas 0.00085 -> 0.012, 1000 train
 steps, epsilon prediction, clip_sample False, set_alpha_to_one False, steps_offset 1). The real
@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEMO_NAME", "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
     "make_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
-    "get_dummy_components", "save_tiny_pipeline", "save_tiny_sd_pipeline",
-    "demo_cache_dir", "demo_model_path", "demo_2d_model_path", "DEMO_LABEL",
+    "get_dummy_components", "save_tiny_pipeline", "save_tiny_sd_pipeline", "save_tiny_upscaler",
+    "demo_cache_dir", "demo_model_path", "demo_2d_model_path", "demo_upscaler_path", "DEMO_LABEL",
 ]
 
 #: the `--model` / `--model-2d` value that selects the demo model
@@ -200,6 +200,37 @@ def save_tiny_sd_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_upscaler(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny `StableDiffusionLatentUpscalePipeline` (x2 in latent space; for `--upscaler demo`).
+
+    Same K-diffusion UNet layout as stabilityai/sd-x2-latent-upscaler (fourier time embedding,
+    8 input channels = latents + upsampled low-res latents, 5 outputs), at toy width."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
+
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        tokenizer = make_tokenizer()
+        text_encoder = make_text_encoder(len(tokenizer))
+        vae = make_vae()
+        unet = UNet2DConditionModel(
+            act_fn="gelu", attention_head_dim=8, norm_num_groups=None, block_out_channels=[32, 32, 64, 64],
+            time_cond_proj_dim=128 + TINY_TEXT_DIM, conv_in_kernel=1, conv_out_kernel=1,
+            cross_attention_dim=TINY_TEXT_DIM, in_channels=8, out_channels=5, mid_block_type=None,
+            only_cross_attention=False, resnet_time_scale_shift="scale_shift", time_embedding_type="fourier",
+            timestep_post_act="gelu",
+            down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D"),
+            up_block_types=("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+        ).eval()
+    pipe = StableDiffusionLatentUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="sample"),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.txt").write_text(DEMO_LABEL + "\n")
+    return folder
+
+
 def demo_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "continuityseq_stream"
@@ -229,6 +260,11 @@ def _cached(name: str, build) -> Path:
 def demo_model_path() -> Path:
     """Folder of the tiny ContinuitySeq demo pipeline (built on first use)."""
     return _cached("demo", save_tiny_pipeline)
+
+
+def demo_upscaler_path() -> Path:
+    """Folder of the tiny latent upscaler demo pipeline (built on first use)."""
+    return _cached("demo-upscaler", save_tiny_upscaler)
 
 
 def demo_2d_model_path() -> Path:
