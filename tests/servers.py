@@ -28,6 +28,13 @@ RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 HERE = Path(__file__).resolve().parent
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the server gets SIGKILL if the test process dies (Linux), so a crash leaves nothing."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -112,7 +119,7 @@ class NginxRtmp:
         self.proc = subprocess.Popen(
             ["nginx", "-e", str(self.dir / "logs" / "error.log"), "-c", str(self.conf), "-p", str(self.dir)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "logs" / "stderr.log", "ab"))
+            stderr=open(self.dir / "logs" / "stderr.log", "ab"), preexec_fn=_die_with_parent)
         try:
             wait_port(self.port)
         except TimeoutError:
@@ -157,7 +164,8 @@ class Xvfb:
         self.proc = subprocess.Popen(
             ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{self.width}x{self.height}x24",
              "-nolisten", "tcp", "-noreset"],
-            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
         os.close(write_fd)
         try:
             number = b""

@@ -18,6 +18,7 @@ generation is faster than real time, the ring skips frames for this sink instead
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -117,13 +118,22 @@ class _GuiThread(threading.Thread):
             if cls._instance is None or not cls._instance.is_alive():
                 cls._instance = cls()
                 cls._instance.start()
+                atexit.register(cls._instance.shutdown)
             return cls._instance
+
+    def shutdown(self) -> None:
+        """At interpreter exit: destroy the windows and end the loop while Python still runs (a GUI
+        thread killed mid-call at shutdown can abort the process)."""
+        self._quit.set()
+        self._wake.set()
+        self.join(5)
 
     def __init__(self) -> None:
         super().__init__(name="preview-gui", daemon=True)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._windows: list[_Window] = []
+        self._quit = threading.Event()
 
     def add(self, window: _Window) -> None:
         with self._lock:
@@ -143,7 +153,7 @@ class _GuiThread(threading.Thread):
     def run(self) -> None:
         import cv2
 
-        while True:
+        while not self._quit.is_set():
             with self._lock:
                 windows = list(self._windows)
             if not windows:
@@ -158,6 +168,10 @@ class _GuiThread(threading.Thread):
             if key != -1 and (key & 0xFF) in _STOP_KEYS:
                 for w in windows:
                     w.wants_stop.set()
+        with self._lock:
+            windows, self._windows = self._windows, []
+        for w in windows:
+            self._destroy(cv2, w)
 
     def _step(self, cv2, w: _Window) -> None:
         try:
