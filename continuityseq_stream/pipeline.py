@@ -108,6 +108,10 @@ class StreamControls:
     negative_prompt: Optional[str] = None
     guidance_scale: float = 30.0
     num_inference_steps: int = 25
+    #: ready-made text embeddings (e.g. a blend of prompts) used instead of encoding `prompt`:
+    #: `[2, L, D]` = (uncond, cond) when guidance_scale > 1, else `[1, L, D]`. `prompt` then only
+    #: labels the chunk.
+    prompt_embeds: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -123,7 +127,8 @@ class StreamControls:
 
     def snapshot(self) -> "StreamControls":
         with self._lock:
-            return StreamControls(self.prompt, self.negative_prompt, self.guidance_scale, self.num_inference_steps)
+            return StreamControls(self.prompt, self.negative_prompt, self.guidance_scale, self.num_inference_steps,
+                                  self.prompt_embeds)
 
 
 @dataclass
@@ -368,12 +373,19 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         while times is None or index < times:
             params = controls.snapshot()
             do_cfg = params.guidance_scale > 1.0
-            key = (params.prompt, params.negative_prompt, do_cfg)
-            if key not in embeds_cache:
-                embeds_cache.clear()  # only the current prompt is kept
-                embeds_cache[key] = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
+            if params.prompt_embeds is not None:
+                embeds = params.prompt_embeds.to(self._device, self.unet.dtype)
+                if embeds.shape[0] != (2 if do_cfg else 1):
+                    raise ConfigError(
+                        f"prompt_embeds: got batch {embeds.shape[0]}; use 2 (uncond, cond) with guidance > 1, else 1")
+            else:
+                key = (params.prompt, params.negative_prompt, do_cfg)
+                if key not in embeds_cache:
+                    embeds_cache.clear()  # only the current prompt is kept
+                    embeds_cache[key] = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
+                embeds = embeds_cache[key]
             frames, conditioning, used = self._next_chunk(
-                conditioning, embeds_cache[key], params, num_frames, index, selector, generator,
+                conditioning, embeds, params, num_frames, index, selector, generator,
                 vae_batch_size, vae_scale, upscaler, upscaler_steps,
             )
             yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=params.prompt)

@@ -140,17 +140,20 @@ def _bad_cases(tmp):
         "unknown device": ([*base, "-d", "tpu"], "-d/--device"),
         "cuda missing": ([*base, "-d", "cuda"], "-d/--device"),
         "bad int": ([*base, "-T", "many"], "-T"),
+        "xformers missing": ([*base, "-x"], "-x/--xformers"),
     }
 
 
 @pytest.mark.parametrize("case", [
     "width", "height", "cn>cx", "cn<1", "missing image", "unreadable image", "missing video", "unreadable video",
-    "model path", "offline hub id", "unknown device", "cuda missing", "bad int"])
+    "model path", "offline hub id", "unknown device", "cuda missing", "bad int", "xformers missing"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     import torch
 
     if case == "cuda missing" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    if case == "xformers missing" and __import__("importlib").util.find_spec("xformers"):
+        pytest.skip("xformers is installed here")
     args, flag = _bad_cases(tmp_path)[case]
     out_dir = tmp_path / "out"
     code, out, err = cli([*args, "-o", str(out_dir)], capsys)

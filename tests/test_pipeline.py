@@ -223,6 +223,15 @@ def test_controls_change_prompt_at_chunk_boundary(pipe):
         controls.update(bogus=1)
 
 
+def test_controls_prompt_embeds_override(pipe):
+    kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=1, guidance_scale=5.0, times=1)
+    embeds = pipe.encode_prompt("a blue sea", None, True)
+    a = pipe(StreamControls("label", guidance_scale=5.0, num_inference_steps=1, prompt_embeds=embeds),
+             generator=torch.Generator().manual_seed(0), **kw).frames
+    b = pipe("a blue sea", generator=torch.Generator().manual_seed(0), **kw).frames
+    assert np.array_equal(a, b)
+
+
 def test_init_frames_use_last_max_k(pipe):
     video = np.stack([_image(i) for i in range(6)])
     calls = _record(pipe)
