@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _die_with_parent() -> None:
-    """preexec_fn: the server gets SIGKILL if the test process dies (Linux), so a crash leaves nothing."""
+    """preexec_fn: the server gets SIGKILL when the thread that started it ends (Linux's parent-death
+    signal follows the thread), so a crashed test leaves nothing: start servers from the main thread."""
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG

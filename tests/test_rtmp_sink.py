@@ -91,38 +91,37 @@ def test_slow_writer_gets_repeated_frames_at_constant_rate(nginx):
 def test_server_restart_mid_run_resumes_and_never_blocks_writes(nginx):
     reader = RtmpReader(nginx.url, frames=10_000, deadline=12, reconnect=True, read_timeout=2)
     sink = sink_from_uri(nginx.url)
-    slowest = 0.0
-    written = 0
+    timing = {"slowest": 0.0, "written": 0}
     errors = []
 
-    def restart_later():
-        time.sleep(3.0)
-        nginx.restart()  # SIGKILL, then a fresh nginx on the same port
-
-    killer = threading.Thread(target=restart_later)
-    with sink:
-        sink.open(StreamInfo(W, H, FPS))
-        killer.start()
+    def generate():  # the generation side: writes for 9 s
         start = time.monotonic()
         try:
             while time.monotonic() - start < 9.0:
                 t = time.monotonic()
-                sink.write(_solid(), FrameMeta(written, 0, written / FPS, "p"))
-                slowest = max(slowest, time.monotonic() - t)
-                written += 1
+                sink.write(_solid(), FrameMeta(timing["written"], 0, timing["written"] / FPS, "p"))
+                timing["slowest"] = max(timing["slowest"], time.monotonic() - t)
+                timing["written"] += 1
         except Exception as exc:  # the test fails below; the sink still closes
             errors.append(exc)
-        killer.join()
+
+    with sink:
+        sink.open(StreamInfo(W, H, FPS))
+        writer = threading.Thread(target=generate)
+        writer.start()
+        time.sleep(3.0)
+        nginx.restart()  # SIGKILL, then a fresh nginx on the same port (from this thread: the server
+        writer.join(20)  # dies with the thread that started it)
         stats = sink.stats()
     got = reader.result()
-    assert not errors
-    assert slowest < 1.0, slowest  # writes kept going during the outage (back-pressure only)
-    assert written >= 0.8 * 9 * FPS  # generation went on at about real time
+    assert not errors and not writer.is_alive()
+    assert timing["slowest"] < 1.0, timing  # writes kept going during the outage (back-pressure only)
+    assert timing["written"] >= 0.8 * 9 * FPS  # generation went on at about real time
     assert stats["reconnects"] >= 1, stats
     assert len(got["segments"]) >= 2, got  # the reader got frames before and after the restart
     assert got["segments"][-1] >= 10, got
     gap = max(b - a for a, b in zip(got["times"], got["times"][1:]))
-    print(f"restart: longest gap at the reader {gap:.2f} s, slowest write {slowest * 1000:.0f} ms, {stats}")
+    print(f"restart: longest gap at the reader {gap:.2f} s, slowest write {timing['slowest'] * 1000:.0f} ms, {stats}")
 
 
 def test_close_drains_queue_and_leaves_no_ffmpeg(nginx):
