@@ -1,0 +1,291 @@
+"""The producer: runs the chunk generator in its own process and feeds the frame ring.
+
+Why a process: model compute holds the GIL and the CPU for seconds; in its own (spawned) process it
+never stalls the sinks, and a failing sink cannot kill generation. Metadata is assigned here, once,
+per frame: global index (`chunk.first_frame + i`), chunk index, pts = index / fps, prompt.
+
+The chunk source is an import path "module:function", called in the child as
+`function(config, **source_kwargs)` and returning an iterator of `Chunk`s. The default is the real
+pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_stream.testing`.
+
+Protocol with the parent (`Producer` is the parent's handle):
+    child -> parent, over a queue: ("shape", height, width) once the first chunk is decoded; the parent
+        then `allocate`s the ring and the child attaches to it. ("done", chunks) at the end of the
+        source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
+        but `ContinuitySeqError`) also print their traceback on the child's stderr.
+    counters in shared memory (`stats()`): chunks and frames made, generation fps (frames per second of
+        time spent inside the generator, i.e. not counting back-pressure waits; the first chunk, which
+        includes model loading, is left out once there is a second).
+    stop: `stop()` asks for a graceful end. A chunk already being written to the ring is finished
+        (it was produced); a chunk still being computed is abandoned and the ring closed at once, so
+        the sinks can drain without waiting for the model. `kill()` after a grace period ends a child
+        stuck in compute.
+
+The child ignores SIGINT (Ctrl-C reaches the whole process group; the parent coordinates the stop),
+treats SIGTERM as `stop()`, and exits by itself if the parent dies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Mapping, Optional
+
+from .chunk import FrameMeta
+from .config import GenerationConfig
+from .errors import ConfigError, ContinuitySeqError
+from .ringbuffer import FrameRing, ProcessEvent, RingClosed
+
+__all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
+
+DEFAULT_SOURCE = "continuityseq_stream.session:open_stream"
+
+# stats array fields (float64)
+_S_CHUNKS, _S_FRAMES, _S_GEN_FRAMES, _S_GEN_SECONDS, _S_FIELDS = 0, 1, 2, 3, 4
+# child phases (guarded by a thread lock in the child)
+_LOADING, _COMPUTING, _WRITING, _FINISHED = "loading", "computing", "writing", "finished"
+
+
+def check_source_spec(spec: str) -> tuple[str, str]:
+    """Split "module:function" (checked in the parent, imported in the child)."""
+    module, sep, func = str(spec).partition(":")
+    if not sep or not module or not func.isidentifier():
+        raise ConfigError(f"source: got {spec!r}; use an import path 'module:function', e.g. {DEFAULT_SOURCE}")
+    return module, func
+
+
+def resolve_source(spec: str) -> Callable[..., Any]:
+    """Import the chunk source named by "module:function"."""
+    module, func = check_source_spec(spec)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"source: cannot import {module!r} ({e})") from None
+    fn = getattr(mod, func, None)
+    if not callable(fn):
+        raise ConfigError(f"source: {module!r} has no function {func!r}")
+    return fn
+
+
+class Producer:
+    """Parent-side handle of the producer process.
+
+    config: what to generate. ring: a `FrameRing` created in this process (the child writes to it).
+    source / source_kwargs: the chunk source (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        ring: FrameRing,
+        *,
+        source: str = DEFAULT_SOURCE,
+        source_kwargs: Optional[Mapping[str, Any]] = None,
+        ctx=None,
+    ) -> None:
+        check_source_spec(source)
+        self._ctx = ctx or mp.get_context("spawn")
+        self.config, self.ring, self.source = config, ring, source
+        self.source_kwargs = dict(source_kwargs or {})
+        self._stop = ProcessEvent(self._ctx)
+        self._events = self._ctx.Queue()
+        self._stats = self._ctx.RawArray("d", _S_FIELDS)
+        self._process: Optional[mp.process.BaseProcess] = None
+
+    def start(self) -> None:
+        process = self._ctx.Process(
+            target=_child_main,
+            name="continuityseq-producer",
+            args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events, self._stats),
+            daemon=True,
+        )
+        process.start()
+        self._process = process
+
+    # -- control ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask for a graceful end (see the module docstring)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def next_event(self, timeout: float) -> Optional[tuple]:
+        """The next message from the child, or None after `timeout` seconds."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue_mod.Empty:
+            return None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return None if self._process is None else self._process.exitcode
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the child; True when it has exited."""
+        if self._process is None:
+            return True
+        self._process.join(timeout)
+        return self._process.exitcode is not None
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.exitcode is None:
+            self._process.kill()
+            self._process.join(5.0)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop, wait up to `grace` seconds, then kill; releases the event queue. Always safe."""
+        self.stop()
+        if not self.join(grace):
+            self.kill()
+        self._events.close()
+        self._events.cancel_join_thread()
+
+    def stats(self) -> dict:
+        """chunks and frames made so far, generation fps (0.0 before there is a measure)."""
+        s = self._stats
+        gen_fps = s[_S_GEN_FRAMES] / s[_S_GEN_SECONDS] if s[_S_GEN_SECONDS] > 0 else 0.0
+        return {"chunks": int(s[_S_CHUNKS]), "frames": int(s[_S_FRAMES]), "gen_fps": gen_fps}
+
+
+# ------------------------------------------------------------------------------------------------
+# child side
+
+
+class _Child:
+    """State of the producer process: the generation loop and the stop watcher."""
+
+    def __init__(self, config, ring: FrameRing, stop, events, stats) -> None:
+        self.config, self.ring, self.stop, self.events, self.stats = config, ring, stop, events, stats
+        self.phase = _LOADING
+        self.phase_lock = threading.Lock()
+        self.attached = False
+
+    def set_phase(self, phase: str) -> bool:
+        """Enter `phase`; False when a stop already closed the ring (then stop producing)."""
+        with self.phase_lock:
+            if self.phase == _FINISHED or (self.stop.is_set() and phase != _WRITING):
+                return False
+            self.phase = phase
+            return True
+
+    def watch_stop(self) -> None:
+        """Thread: on stop, close the ring at once unless a produced chunk is being written."""
+        self.stop.wait()
+        with self.phase_lock:
+            if self.phase != _WRITING:
+                self.phase = _FINISHED
+                self._close_ring()
+
+    def _close_ring(self) -> None:
+        try:
+            self.ring.close()
+        except Exception:  # the parent may already have destroyed it
+            pass
+
+    def watch_parent(self) -> None:
+        """Thread: exit when the parent process is gone (nobody would read or stop us)."""
+        parent = mp.parent_process()
+        if parent is None:
+            return
+        parent.join()
+        os._exit(3)
+
+    def run(self, source: str, source_kwargs: Mapping[str, Any]) -> None:
+        fn = resolve_source(source)
+        chunks = fn(self.config, **source_kwargs)
+        fps, times = float(self.config.fps), self.config.times
+        made = 0
+        try:
+            it = iter(chunks)
+            while True:
+                if not self.set_phase(_COMPUTING):
+                    return
+                t0 = time.monotonic()
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    return
+                spent = time.monotonic() - t0
+                if not self.set_phase(_WRITING):
+                    return
+                n = chunk.num_frames
+                if made == 0:
+                    self._first_chunk(chunk)
+                    self.stats[_S_GEN_FRAMES], self.stats[_S_GEN_SECONDS] = n, spent
+                elif made == 1:  # from the second chunk on, leave model loading out of the rate
+                    self.stats[_S_GEN_FRAMES], self.stats[_S_GEN_SECONDS] = n, spent
+                else:
+                    self.stats[_S_GEN_FRAMES] += n
+                    self.stats[_S_GEN_SECONDS] += spent
+                for i in range(n):
+                    index = chunk.first_frame + i
+                    meta = FrameMeta(index=index, chunk=chunk.index, pts=index / fps, prompt=chunk.prompt)
+                    while not self.ring.write(chunk.frames[i], meta, timeout=1.0):
+                        pass  # a lossless reader is a full ring behind; close/remove wakes us
+                    self.stats[_S_FRAMES] += 1
+                made += 1
+                self.stats[_S_CHUNKS] = made
+                if times and made >= times:
+                    return
+        except RingClosed:
+            return
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+
+    def _first_chunk(self, chunk) -> None:
+        _, h, w, _ = chunk.frames.shape
+        self.events.put(("shape", int(h), int(w)))
+        while not self.ring.wait_ready(0.5):
+            if self.stop.is_set() or self.ring.closed:
+                raise RingClosed("stopped before the ring was ready")
+        self.ring.attach()
+        self.attached = True
+
+    def finish(self) -> None:
+        with self.phase_lock:
+            self.phase = _FINISHED
+        self._close_ring()
+        if self.attached:
+            self.ring.detach()
+
+
+def _child_main(config, ring, source, source_kwargs, stop, events, stats) -> None:
+    """Entry point of the producer process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    child = _Child(config, ring, stop, events, stats)
+    threading.Thread(target=child.watch_stop, name="stop-watcher", daemon=True).start()
+    threading.Thread(target=child.watch_parent, name="parent-watcher", daemon=True).start()
+    try:
+        child.run(source, source_kwargs)
+        events.put(("done", int(stats[_S_CHUNKS])))
+    except ContinuitySeqError as e:
+        events.put(("error", type(e).__name__, str(e), False))
+    except BaseException as e:  # noqa: BLE001 - report everything to the parent, then exit non-zero
+        traceback.print_exc(file=sys.stderr)
+        events.put(("error", type(e).__name__, str(e) or repr(e), True))
+    finally:
+        child.finish()
+        events.close()
+        events.join_thread()

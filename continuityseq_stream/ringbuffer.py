@@ -1,0 +1,402 @@
+"""A bounded shared-memory ring of video frames with one read cursor per reader.
+
+Why: the producer process generates frames; the sinks in the main process read them. A fixed ring in
+`multiprocessing.shared_memory` bounds memory whatever the run length, and moves each frame across
+the process boundary with one copy in and one copy out (no pickling).
+
+Layout
+    - a control block (`RawArray` of int64, created with the ring, before the producer is spawned):
+      write cursor, closed flag, frame size, and per reader: active, policy, read cursor, skipped.
+    - a data segment (`SharedMemory`, created by `allocate` once the first frame's size is known):
+      `slots` frames of H x W x 3 uint8, then per slot: sequence number, frame index, chunk index,
+      pts, and the prompt as at most `prompt_bytes` UTF-8 bytes (longer prompts are truncated at a
+      character boundary; the full prompt is still in the producer).
+
+Cursors count frames since the start of the ring (`seq`); frame `seq` lives in slot `seq % slots`.
+The ring holds the frames `[write_seq - slots, write_seq)`.
+
+Reader policies (see `sinks/base.py`):
+    block   lossless: the writer waits while this reader is a full ring behind.
+    latest  never holds the writer: a reader whose next frame was overwritten jumps to the newest
+            frame and counts the frames it skipped. A reader that keeps up still gets every frame.
+
+Synchronisation: one `multiprocessing.Lock` guards cursors and slots; wake-ups go through one
+semaphore per reader and one for the writer, released only when the other side said it waits (a
+flag in the control block). Deliberately no `multiprocessing.Condition`: its `notify` waits for the
+sleepers to acknowledge and hangs forever once a waiting process was killed. All of it is created
+before the producer is spawned and travels with it. Frames are copied into and out of a slot while
+holding the lock, so a reader can never see a frame half overwritten, and what `read` returns is the
+reader's own copy. Every wait has
+a timeout (a call returns `None`/`False` rather than hanging); `close` (end of stream) wakes every
+waiter, readers then drain what is left for them and get `RingClosed`; `remove_reader` frees the
+writer from a reader that went away.
+
+The process that calls `allocate` owns the segment and unlinks it in `destroy` (always call it, e.g.
+in a `finally`); other processes `attach` and `detach`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from multiprocessing import shared_memory
+from typing import Iterator, Optional
+
+import numpy as np
+
+from .chunk import FrameMeta
+from .errors import ConfigError, ContinuitySeqError
+
+__all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES"]
+
+POLICY_CODES = {"block": 0, "latest": 1}
+
+# control block: header fields
+_WRITE, _CLOSED, _HEIGHT, _WIDTH, _WRITER_WAITING, _HEADER = 0, 1, 2, 3, 4, 8
+# control block: per-reader fields
+_R_ACTIVE, _R_POLICY, _R_SEQ, _R_SKIPPED, _R_WAITING, _R_FIELDS = 0, 1, 2, 3, 4, 5
+
+# slot metadata (int64): sequence number, frame index, chunk index, prompt length in bytes
+_M_SEQ, _M_INDEX, _M_CHUNK, _M_PLEN, _M_FIELDS = 0, 1, 2, 3, 4
+
+_WAIT_SLICE = 0.5  # re-check state at least this often, even without a notification
+
+
+class RingClosed(ContinuitySeqError):
+    """The ring was closed (end of stream) and holds nothing more for this reader / writer."""
+
+
+class ReaderRemoved(ContinuitySeqError):
+    """This reader was removed from the ring."""
+
+
+class RingTimeout(ContinuitySeqError):
+    """The ring's lock could not be taken in time (another process died holding it?)."""
+
+
+class ProcessEvent:
+    """A cross-process event that a dying waiter cannot break.
+
+    `multiprocessing.Event` is built on `Condition`, whose `notify` waits for every sleeper to
+    acknowledge: once a process is killed while waiting, the next `set()` hangs forever. This one is
+    a shared flag plus a semaphore; `set` never blocks, and each waiter passes the wake-up on.
+    """
+
+    def __init__(self, ctx=None) -> None:
+        ctx = ctx or mp.get_context("spawn")
+        self._flag = ctx.RawValue("b", 0)
+        self._sem = ctx.Semaphore(0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+        self._sem.release()
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once set; False after `timeout` seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag.value:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if self._sem.acquire(timeout=_WAIT_SLICE if left is None else min(left, _WAIT_SLICE)):
+                self._sem.release()  # pass it on to the next waiter
+                if self._flag.value:
+                    return True
+        return True
+
+
+def _truncate_utf8(text: str, limit: int) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+class FrameRing:
+    """Shared-memory frame ring. Create in the parent before spawning the producer, pass it as a
+    `Process` argument, `allocate(h, w)` in the owner, `attach()` in the other process.
+
+    slots: frames the ring holds (>= 2). max_readers: reader cursors available.
+    prompt_bytes: bytes kept of each frame's prompt (UTF-8, truncated at a character boundary).
+    """
+
+    def __init__(self, slots: int, *, max_readers: int = 16, prompt_bytes: int = 256, ctx=None) -> None:
+        if not isinstance(slots, int) or slots < 2:
+            raise ConfigError(f"--ring-frames: got {slots!r}; use at least 2 frames")
+        if not isinstance(max_readers, int) or max_readers < 1:
+            raise ConfigError(f"max_readers: got {max_readers!r}; use at least 1")
+        if not isinstance(prompt_bytes, int) or prompt_bytes < 0:
+            raise ConfigError(f"prompt_bytes: got {prompt_bytes!r}; use 0 or more")
+        ctx = ctx or mp.get_context("spawn")
+        self.slots, self.max_readers, self.prompt_bytes = slots, max_readers, prompt_bytes
+        self.name = f"csq_{os.getpid()}_{secrets.token_hex(6)}"
+        self._lock = ctx.Lock()
+        self._writer_wake = ctx.Semaphore(0)
+        self._reader_wake = [ctx.Semaphore(0) for _ in range(max_readers)]
+        self._ready = ProcessEvent(ctx)
+        self._ctl = ctx.RawArray("q", _HEADER + max_readers * _R_FIELDS)
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._shm: Optional[shared_memory.SharedMemory] = None
+        self._owner = False
+        self._destroyed = False
+        self._frames = self._meta = self._pts = self._prompts = None
+        self._last_prompt: tuple[str, bytes] = ("", b"")
+
+    # -- pickling (to the producer at spawn time only) -------------------------------------------
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in ("slots", "max_readers", "prompt_bytes", "name", "_lock", "_writer_wake", "_reader_wake", "_ready", "_ctl")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_local()
+
+    # -- memory ----------------------------------------------------------------------------------
+    def _layout(self, height: int, width: int) -> tuple[int, int, int, int]:
+        frames = self.slots * height * width * 3
+        meta = -(-frames // 8) * 8
+        pts = meta + self.slots * _M_FIELDS * 8
+        prompts = pts + self.slots * 8
+        return meta, pts, prompts, prompts + max(1, self.slots * self.prompt_bytes)
+
+    def _map(self, shm: shared_memory.SharedMemory, height: int, width: int) -> None:
+        meta, pts, prompts, _ = self._layout(height, width)
+        buf = shm.buf
+        self._frames = np.ndarray((self.slots, height, width, 3), np.uint8, buf, 0)
+        self._meta = np.ndarray((self.slots, _M_FIELDS), np.int64, buf, meta)
+        self._pts = np.ndarray((self.slots,), np.float64, buf, pts)
+        self._prompts = np.ndarray((self.slots, self.prompt_bytes), np.uint8, buf, prompts)
+        self._shm = shm
+
+    def allocate(self, height: int, width: int) -> None:
+        """Create the data segment for frames of `height` x `width` (owner side) and mark the ring ready."""
+        if self._shm is not None:
+            raise RuntimeError("ring already allocated")
+        if height < 1 or width < 1:
+            raise ConfigError(f"frame size: got {width}x{height}; frames need at least 1x1 pixels")
+        size = self._layout(height, width)[-1]
+        shm = shared_memory.SharedMemory(name=self.name, create=True, size=size)
+        self._owner = True
+        self._map(shm, height, width)
+        self._meta[:, _M_SEQ] = -1
+        self._ctl[_HEIGHT], self._ctl[_WIDTH] = height, width
+        self._ready.set()
+
+    def wait_ready(self, timeout: Optional[float]) -> bool:
+        """True once `allocate` ran (in any process)."""
+        return self._ready.wait(timeout)
+
+    def attach(self) -> None:
+        """Map the owner's data segment (non-owner side; call after `wait_ready`)."""
+        if self._shm is not None:
+            return
+        if self._destroyed:
+            raise RingClosed("frame ring: already destroyed")
+        if not self._ready.is_set():
+            raise RuntimeError("ring not allocated yet; wait_ready() first")
+        self._map(shared_memory.SharedMemory(name=self.name), int(self._ctl[_HEIGHT]), int(self._ctl[_WIDTH]))
+
+    @property
+    def frame_shape(self) -> Optional[tuple[int, int, int]]:
+        if not self._ready.is_set():
+            return None
+        return int(self._ctl[_HEIGHT]), int(self._ctl[_WIDTH]), 3
+
+    def destroy(self) -> None:
+        """Close the ring, unmap the segment and, in the owner, unlink it. Safe to call twice."""
+        self.close()
+        try:
+            with self._locked(2.0):
+                self._unmap()
+        except RingTimeout:
+            self._unmap()  # a dead process holds the lock; nobody else can be reading
+
+    def detach(self) -> None:
+        """Unmap without unlinking (non-owner side)."""
+        self.destroy()
+
+    def _unmap(self) -> None:
+        self._ctl[_CLOSED] = 1
+        self._destroyed = True
+        shm, self._shm = self._shm, None
+        self._frames = self._meta = self._pts = self._prompts = None
+        if shm is None:
+            return
+        shm.close()
+        if self._owner:
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- locking ---------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, timeout: Optional[float]) -> Iterator[None]:
+        if not self._lock.acquire(timeout=timeout if timeout is not None else 30.0):
+            raise RingTimeout("frame ring: lock not available (did a process die while holding it?)")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def _sleep_on(sem, deadline: Optional[float]) -> bool:
+        """Wait for a wake-up on `sem`; False when the deadline passed."""
+        if deadline is None:
+            sem.acquire(timeout=_WAIT_SLICE)
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sem.acquire(timeout=min(left, _WAIT_SLICE))
+        return True
+
+    # -- readers ---------------------------------------------------------------------------------
+    def _r(self, reader: int, field: int) -> int:
+        return _HEADER + reader * _R_FIELDS + field
+
+    def add_reader(self, policy: str) -> int:
+        """Register a reader that starts at the next frame written; returns its id."""
+        if policy not in POLICY_CODES:
+            raise ConfigError(f"reader policy: got {policy!r}; use one of {', '.join(POLICY_CODES)}")
+        with self._locked(5.0):
+            for r in range(self.max_readers):
+                if not self._ctl[self._r(r, _R_ACTIVE)]:
+                    self._ctl[self._r(r, _R_POLICY)] = POLICY_CODES[policy]
+                    self._ctl[self._r(r, _R_SEQ)] = self._ctl[_WRITE]
+                    self._ctl[self._r(r, _R_SKIPPED)] = 0
+                    self._ctl[self._r(r, _R_WAITING)] = 0
+                    self._ctl[self._r(r, _R_ACTIVE)] = 1
+                    return r
+        raise ConfigError(f"frame ring: all {self.max_readers} reader cursors are in use; use fewer sinks")
+
+    def remove_reader(self, reader: int) -> None:
+        """Free a reader's cursor; a writer waiting for it (and the reader itself) are woken."""
+        with self._locked(5.0):
+            self._ctl[self._r(reader, _R_ACTIVE)] = 0
+        self._writer_wake.release()
+        self._reader_wake[reader].release()
+
+    def skipped(self, reader: int) -> int:
+        """Frames a `latest` reader skipped so far."""
+        return int(self._ctl[self._r(reader, _R_SKIPPED)])
+
+    def read(self, reader: int, timeout: Optional[float] = None) -> Optional[tuple[np.ndarray, FrameMeta]]:
+        """The reader's next frame (its own copy) and metadata; None when nothing came in `timeout`
+        seconds. Raises RingClosed once the ring is closed and this reader has read everything, and
+        ReaderRemoved when the reader was removed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ctl, slots = self._ctl, self.slots
+        while True:
+            with self._locked(timeout):
+                if not ctl[self._r(reader, _R_ACTIVE)]:
+                    raise ReaderRemoved(f"frame ring: reader {reader} was removed")
+                ws, rs = ctl[_WRITE], ctl[self._r(reader, _R_SEQ)]
+                if rs < ws:
+                    if self._frames is None:
+                        self.attach()
+                    if ws - rs > slots:  # overwritten: only possible for a `latest` reader
+                        ctl[self._r(reader, _R_SKIPPED)] += ws - 1 - rs
+                        rs = ws - 1
+                    slot = rs % slots
+                    frame = self._frames[slot].copy()
+                    m = self._meta[slot]
+                    prompt = bytes(self._prompts[slot, : m[_M_PLEN]]).decode("utf-8", "replace")
+                    meta = FrameMeta(index=int(m[_M_INDEX]), chunk=int(m[_M_CHUNK]), pts=float(self._pts[slot]), prompt=prompt)
+                    ctl[self._r(reader, _R_SEQ)] = rs + 1
+                    wake_writer = bool(ctl[_WRITER_WAITING]) and ctl[self._r(reader, _R_POLICY)] == POLICY_CODES["block"]
+                    if wake_writer:
+                        ctl[_WRITER_WAITING] = 0
+                else:
+                    if ctl[_CLOSED]:
+                        raise RingClosed("frame ring: end of stream")
+                    ctl[self._r(reader, _R_WAITING)] = 1
+                    frame = None
+            if frame is not None:
+                if wake_writer:
+                    self._writer_wake.release()
+                return frame, meta
+            if not self._sleep_on(self._reader_wake[reader], deadline):
+                return None
+
+    # -- writer ----------------------------------------------------------------------------------
+    def _writer_blocked(self, ws: int) -> bool:
+        ctl = self._ctl
+        for r in range(self.max_readers):
+            base = _HEADER + r * _R_FIELDS
+            if ctl[base + _R_ACTIVE] and ctl[base + _R_POLICY] == 0 and ws - ctl[base + _R_SEQ] >= self.slots:
+                return True
+        return False
+
+    def write(self, frame: np.ndarray, meta: FrameMeta, timeout: Optional[float] = None) -> bool:
+        """Append one frame; False when a `block` reader still held its slot after `timeout` seconds.
+        Raises RingClosed after `close`."""
+        if self._frames is None:
+            self.attach()
+        if frame.shape != self._frames.shape[1:]:
+            raise ConfigError(
+                f"frame size changed during the run: {frame.shape[1]}x{frame.shape[0]}, the ring holds "
+                f"{self._frames.shape[2]}x{self._frames.shape[1]}; every chunk must have the first chunk's size"
+            )
+        if self._last_prompt[0] != meta.prompt:
+            self._last_prompt = (meta.prompt, _truncate_utf8(meta.prompt, self.prompt_bytes))
+        prompt = self._last_prompt[1]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ctl = self._ctl
+        while True:
+            with self._locked(timeout):
+                if ctl[_CLOSED]:
+                    raise RingClosed("frame ring: closed")
+                ws = ctl[_WRITE]
+                if not self._writer_blocked(ws):
+                    slot = ws % self.slots
+                    self._frames[slot] = frame
+                    self._meta[slot] = (ws, meta.index, meta.chunk, len(prompt))
+                    self._pts[slot] = meta.pts
+                    self._prompts[slot, : len(prompt)] = np.frombuffer(prompt, np.uint8)
+                    ctl[_WRITE] = ws + 1
+                    waiting = []
+                    for r in range(self.max_readers):
+                        if ctl[self._r(r, _R_WAITING)]:
+                            ctl[self._r(r, _R_WAITING)] = 0
+                            waiting.append(r)
+                    break
+                ctl[_WRITER_WAITING] = 1
+            if not self._sleep_on(self._writer_wake, deadline):
+                return False
+        for r in waiting:
+            self._reader_wake[r].release()
+        return True
+
+    # -- end of stream ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """End of stream: wake every waiter; readers drain what is left, writes raise RingClosed.
+        Takes no lock, so it works even when a dead process holds it."""
+        self._ctl[_CLOSED] = 1
+        self._writer_wake.release()
+        for sem in self._reader_wake:
+            sem.release()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._ctl[_CLOSED])
+
+    @property
+    def written(self) -> int:
+        """Frames written so far."""
+        return int(self._ctl[_WRITE])
+
+    def fill(self) -> int:
+        """Frames in the ring not yet read by the furthest-behind active reader (0..slots)."""
+        ws, lag = int(self._ctl[_WRITE]), 0
+        for r in range(self.max_readers):
+            if self._ctl[self._r(r, _R_ACTIVE)]:
+                lag = max(lag, ws - int(self._ctl[self._r(r, _R_SEQ)]))
+        return min(lag, self.slots)

@@ -1,0 +1,446 @@
+"""The streaming runtime: producer process -> frame ring -> one reader thread per sink.
+
+`run(config, sinks, options)` is the whole never-ending run and returns the process exit status:
+
+    0    a graceful end: `times` chunks done, SIGINT/SIGTERM, `duration` reached, a sink's `wants_stop`
+         (preview q/Esc), or every sink ended normally (e.g. stdout's reader went away). At least one
+         sink kept working to the end; a sink that failed on the way has printed its one line.
+    1    the producer crashed (unexpected exception, killed) or every sink failed.
+    2    the producer raised a `ContinuitySeqError` (bad checkpoint, bad input...).
+    130  a second SIGINT/SIGTERM forced the exit (sinks were still closed).
+
+How a run goes
+    1. Sinks given as URIs are built (`sink_from_uri`); one whose target is already known to be bad
+       (`SinkError`) prints one line and is left out. Each sink may expose an optional `prepare()`
+       (called before the producer starts, e.g. stdout moves stray prints to stderr) and `stats()`
+       (extra counters for the status line).
+    2. A `FrameRing` and the `Producer` process start; every sink gets a ring reader with its
+       `policy` before the first frame exists, so lossless readers see frame 0.
+    3. On the first chunk the producer reports the frame size; the ring is allocated and one thread per
+       sink opens it (`StreamInfo(width, height, config.fps)`) and copies frames from its reader
+       into `sink.write`. A sink failing in open or write prints one line, its reader is removed (it
+       no longer holds the producer) and it is closed; the others go on.
+    4. Stop: the producer is told to stop (a chunk being written is finished, one being computed is
+       abandoned; after `stop_grace` seconds the ring is closed regardless), the sinks drain what the
+       ring holds for them, every sink is closed, the producer process is joined (killed after
+       `stop_grace`) and the shared memory is unlinked. Teardown runs on every path.
+
+Signals: `run` installs SIGINT/SIGTERM handlers only while it runs, and only from the main thread
+(restored afterwards). The first signal starts the graceful stop; a second forces a fast one: readers
+stop at once (frames still in the ring are dropped), sinks are closed, the producer is killed.
+
+Nothing is printed on stdout; the status line goes to `log` (stderr by default) every
+`status_interval` seconds and once at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, TextIO, Union
+
+from .config import GenerationConfig
+from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError
+from .producer import DEFAULT_SOURCE, Producer, check_source_spec
+from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout
+from .sinks import Sink, StreamInfo, sink_from_uri
+from .status import SinkStatus, format_status
+
+__all__ = ["RuntimeOptions", "run", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_FORCED = 0, 1, 2, 130
+
+_TICK = 0.1  # main loop period (s): signal/stop/status latency
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a streaming run behaves (not what it generates: that is `GenerationConfig`).
+
+    duration: stop gracefully after so many seconds of wall-clock time, counted from the first frame
+        (model loading excluded); None runs until `times` chunks or a stop.
+    ring_frames: frames the shared-memory ring holds: how far a lossless sink may fall behind before
+        the producer waits, and how much a `latest` sink can lag before it skips.
+    status_interval: seconds between status lines on stderr; 0 prints only the final line.
+    stop_grace: seconds the producer gets, after a stop, to finish the chunk it is writing and exit
+        before the ring is closed / the process is killed.
+    drain_timeout: seconds the sinks get to drain after a stop before the exit is forced; None waits.
+    source: the chunk source "module:function" run in the producer (see producer.py).
+    source_kwargs: keyword arguments for the source (picklable values).
+    """
+
+    duration: Optional[float] = None
+    ring_frames: int = 64
+    status_interval: float = 5.0
+    stop_grace: float = 10.0
+    drain_timeout: Optional[float] = None
+    source: str = DEFAULT_SOURCE
+    source_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.duration is not None and not (isinstance(self.duration, (int, float)) and self.duration > 0):
+            raise ConfigError(f"--duration: got {self.duration!r}; use a positive number of seconds")
+        if not isinstance(self.ring_frames, int) or isinstance(self.ring_frames, bool) or self.ring_frames < 2:
+            raise ConfigError(f"--ring-frames: got {self.ring_frames!r}; use a number of frames >= 2, e.g. 64")
+        if not (isinstance(self.status_interval, (int, float)) and self.status_interval >= 0):
+            raise ConfigError(f"status_interval: got {self.status_interval!r}; use seconds >= 0 (0: final line only)")
+        if not (isinstance(self.stop_grace, (int, float)) and self.stop_grace >= 0):
+            raise ConfigError(f"stop_grace: got {self.stop_grace!r}; use seconds >= 0")
+        if self.drain_timeout is not None and not (isinstance(self.drain_timeout, (int, float)) and self.drain_timeout >= 0):
+            raise ConfigError(f"drain_timeout: got {self.drain_timeout!r}; use seconds >= 0 or None to wait")
+        check_source_spec(self.source)
+        if not isinstance(self.source_kwargs, Mapping):
+            raise ConfigError(f"source_kwargs: got {self.source_kwargs!r}; use a mapping of keyword arguments")
+        object.__setattr__(self, "source_kwargs", dict(self.source_kwargs))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":
+        """Build from a mapping; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown runtime option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(values))
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or repr(e)
+    return text if isinstance(e, ContinuitySeqError) else f"{type(e).__name__}: {text}"
+
+
+class _Log:
+    """Thread-safe one-line writer to the log stream (never stdout)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self._lock = stream, threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self._lock:
+            try:
+                print(line, file=self.stream, flush=True)
+            except (OSError, ValueError):
+                pass
+
+
+class _SinkRunner:
+    """One sink's reader thread: open on the first frame, copy frames from the ring, always close."""
+
+    def __init__(self, sink: Sink, ring: FrameRing, reader: int, abort: threading.Event, log: _Log) -> None:
+        self.sink, self.ring, self.reader, self.abort, self.log = sink, ring, reader, abort, log
+        self.state = "waiting"
+        self.thread: Optional[threading.Thread] = None
+        self.skipped = 0
+
+    def start(self, info: StreamInfo) -> None:
+        self.thread = threading.Thread(target=self._run, args=(info,), name=f"sink {self.sink.name}", daemon=True)
+        self.thread.start()
+
+    @property
+    def finished(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+    def _fail(self, stage: str, e: BaseException) -> None:
+        if isinstance(e, SinkEnded):
+            self.state = "ended"
+            self.log(f"sink {self.sink.name} ended: {_one_line(e)}")
+        else:
+            self.state = "failed"
+            self.log(f"sink {self.sink.name} failed ({stage}): {_one_line(e)}; removed, the other sinks go on")
+
+    def _run(self, info: StreamInfo) -> None:
+        try:
+            try:
+                self.sink.open(info)
+            except Exception as e:  # noqa: BLE001 - any sink error removes only this sink
+                self._fail("open", e)
+                return
+            self.state = "running"
+            while not self.abort.is_set():
+                try:
+                    item = self.ring.read(self.reader, timeout=0.25)
+                except (RingClosed, ReaderRemoved):
+                    break
+                except RingTimeout:
+                    continue
+                if item is None:
+                    continue
+                try:
+                    self.sink.write(*item)
+                except Exception as e:  # noqa: BLE001
+                    self._fail("write", e)
+                    return
+            self.state = "done"
+        finally:
+            try:
+                self.skipped = self.ring.skipped(self.reader)
+                self.ring.remove_reader(self.reader)
+            except Exception:  # noqa: BLE001 - the ring may be unusable after a crash
+                pass
+            try:
+                self.sink.close()
+            except Exception as e:  # noqa: BLE001
+                if self.state not in ("failed", "ended"):
+                    self._fail("close", e)
+
+    def status(self) -> SinkStatus:
+        try:
+            skipped = self.ring.skipped(self.reader) if not self.finished else self.skipped
+        except Exception:  # noqa: BLE001
+            skipped = self.skipped
+        extra: Mapping[str, Any] = {}
+        stats = getattr(self.sink, "stats", None)
+        if callable(stats):
+            try:
+                extra = dict(stats())
+            except Exception:  # noqa: BLE001 - a status line is never worth a failure
+                extra = {}
+        return SinkStatus(self.sink.name, self.sink.frames_written, skipped, self.state, extra)
+
+
+class _Run:
+    """State of one `run` call (the main thread's loop)."""
+
+    def __init__(self, config: GenerationConfig, sinks: list[Sink], options: RuntimeOptions, log: _Log) -> None:
+        self.config, self.sinks, self.options, self.log = config, sinks, options, log
+        self.stop_reason: Optional[str] = None
+        self.stop_at: Optional[float] = None
+        self.force = threading.Event()
+        self.abort = threading.Event()
+        self.ring: Optional[FrameRing] = None
+        self.producer: Optional[Producer] = None
+        self.runners: list[_SinkRunner] = []
+        self.started = time.monotonic()
+        self.first_frame_at: Optional[float] = None
+        self.producer_error: Optional[tuple[str, str, bool]] = None
+        self.producer_finished = False
+        self.last_status = time.monotonic()
+
+    # -- stop requests (main thread and signal handlers) ----------------------------------------
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_at = time.monotonic()
+            if self.producer is not None:
+                self.producer.stop()
+
+    def on_signal(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_reason is None:
+            self.request_stop(name)
+            self.log(f"{name}: stopping, the sinks drain what the ring holds (again to force)")
+        elif not self.force.is_set():
+            self.force.set()
+            self.log(f"{name} again: forcing the exit")
+
+    # -- the run ---------------------------------------------------------------------------------
+    def execute(self) -> int:
+        opts = self.options
+        try:
+            self.ring = FrameRing(opts.ring_frames, max_readers=max(1, len(self.sinks)))
+            self.runners = [
+                _SinkRunner(s, self.ring, self.ring.add_reader(s.policy), self.abort, self.log) for s in self.sinks
+            ]
+            self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs)
+            if self.stop_reason is not None:  # a signal arrived while setting up
+                return EXIT_OK
+            self.producer.start()
+            self._loop()
+        finally:
+            self._teardown()
+        return self._exit_code()
+
+    def _loop(self) -> None:
+        producer, ring = self.producer, self.ring
+        while True:
+            event = producer.next_event(_TICK)
+            if event is not None:
+                self._on_event(event)
+            now = time.monotonic()
+            if self.force.is_set():
+                return
+            if not producer.is_alive() and not self.producer_finished and self.producer_error is None:
+                self._on_producer_exit()
+            if self.producer_error is not None or self.producer_finished:
+                if not ring.closed:
+                    ring.close()
+            if self.first_frame_at is not None:
+                if _duration_reached(self.options.duration, self.first_frame_at, now):
+                    self.request_stop("duration")
+                if any(r.sink.wants_stop.is_set() for r in self.runners):
+                    self.request_stop("sink")
+                if all(r.finished for r in self.runners):
+                    return  # drained (or every sink gone)
+            elif self.producer_error is not None or self.producer_finished or (
+                self.stop_reason is not None and not producer.is_alive()
+            ):
+                return  # ended before the first frame
+            if self.stop_reason is not None:
+                waited = now - self.stop_at
+                if not ring.closed and waited > self.options.stop_grace:
+                    ring.close()  # the producer did not finish its chunk in time
+                if self.first_frame_at is None and waited > self.options.stop_grace:
+                    return
+                if self.options.drain_timeout is not None and waited > self.options.stop_grace + self.options.drain_timeout:
+                    self.log("sinks did not drain in time: forcing the exit")
+                    self.force.set()
+                    return
+            if self.options.status_interval and now - self.last_status >= self.options.status_interval:
+                self.last_status = now
+                self.log(self._status_line("stream"))
+
+    def _on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "shape" and self.first_frame_at is None:
+            _, height, width = event
+            self.ring.allocate(height, width)
+            self.first_frame_at = time.monotonic()
+            info = StreamInfo(width=width, height=height, fps=float(self.config.fps))
+            for r in self.runners:
+                r.start(info)
+        elif kind == "done":
+            self.producer_finished = True
+        elif kind == "error":
+            _, name, message, unexpected = event
+            self.producer_error = (name, message, bool(unexpected))
+            text = " ".join(message.split())
+            self.log(f"producer failed: {name}: {text}" if unexpected else f"producer failed: {text}")
+
+    def _on_producer_exit(self) -> None:
+        # the child puts its last message before it exits: collect it before concluding it died
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not (self.producer_finished or self.producer_error):
+            event = self.producer.next_event(0.1)
+            if event is not None:
+                self._on_event(event)
+        if not (self.producer_finished or self.producer_error):
+            code = self.producer.exitcode
+            self.producer_error = ("ProducerDied", f"exit code {code}", True)
+            self.log(f"producer process died unexpectedly (exit code {code})")
+
+    def _teardown(self) -> None:
+        """Always runs: stop reading, close every sink, end the producer, unlink the ring."""
+        forced = self.force.is_set()
+        if forced:
+            self.abort.set()
+        try:
+            if self.ring is not None:
+                self.ring.close()
+            for r in self.runners:
+                if r.thread is not None:
+                    r.thread.join(None if not forced else 10.0)
+                    if r.thread.is_alive():
+                        self.log(f"sink {r.sink.name} did not finish closing; leaving it")
+                else:  # never opened (no first frame): still close it
+                    try:
+                        r.sink.close()
+                    except Exception as e:  # noqa: BLE001
+                        self.log(f"sink {r.sink.name} failed (close): {_one_line(e)}")
+        finally:
+            try:
+                if self.producer is not None:
+                    self.producer.shutdown(0.0 if forced else self.options.stop_grace)
+            finally:
+                if self.ring is not None:
+                    self.log(self._status_line("end"))
+                    self.ring.destroy()
+
+    def _status_line(self, label: str) -> str:
+        stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
+        return format_status(
+            label=label,
+            elapsed=time.monotonic() - (self.first_frame_at or self.started),
+            chunks=stats["chunks"],
+            frames=stats["frames"],
+            gen_fps=stats["gen_fps"],
+            out_fps=self.config.fps,
+            ring_fill=self.ring.fill() if self.ring is not None else 0,
+            ring_slots=self.options.ring_frames,
+            sinks=[r.status() for r in self.runners],
+        )
+
+    def _exit_code(self) -> int:
+        if self.force.is_set():
+            return EXIT_FORCED
+        if self.producer_error is not None:
+            _, _, unexpected = self.producer_error
+            return EXIT_FAILED if unexpected else EXIT_ERROR
+        if self.runners and all(r.state == "failed" for r in self.runners):
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+def _duration_reached(duration: Optional[float], since: float, now: float) -> bool:
+    return duration is not None and now - since >= duration
+
+
+def _build_sinks(items: Iterable[Union[str, Sink]], log: _Log) -> tuple[list[Sink], int]:
+    """URIs -> sinks. A `SinkError` (bad target) is one line and the sink is left out; a bad URI
+    (`ConfigError`) raises. Returns the sinks and how many were left out."""
+    sinks, failed = [], 0
+    for item in items:
+        if isinstance(item, Sink):
+            sinks.append(item)
+            continue
+        try:
+            sinks.append(sink_from_uri(str(item)))
+        except SinkError as e:
+            failed += 1
+            log(f"sink {item} failed (setup): {_one_line(e)}; left out, the other sinks go on")
+    return sinks, failed
+
+
+def run(
+    config: GenerationConfig,
+    sinks: Iterable[Union[str, Sink]],
+    options: Optional[RuntimeOptions] = None,
+    *,
+    log: Optional[TextIO] = None,
+) -> int:
+    """Stream `config`'s video into `sinks` (URIs or Sink objects) until it ends or is stopped;
+    returns the exit status (see the module docstring). Raises ConfigError for unusable arguments."""
+    options = options or RuntimeOptions()
+    if not isinstance(options, RuntimeOptions):
+        raise ConfigError(f"options: got {type(options).__name__}; use RuntimeOptions")
+    items = list(sinks)
+    if not items:
+        raise ConfigError("--sink: no sink given; use e.g. --sink file:out.mp4 or --sink -")
+    writer = _Log(log if log is not None else sys.stderr)
+    built, failed = _build_sinks(items, writer)
+    state = _Run(config, built, options, writer)
+    try:
+        for sink in built:
+            prepare = getattr(sink, "prepare", None)
+            if callable(prepare):
+                prepare()
+        if not built:
+            writer(f"no usable sink ({failed} failed); nothing to do")
+            return EXIT_FAILED
+        with _signal_handlers(state.on_signal):
+            return state.execute()
+    finally:
+        for sink in built:  # teardown for sinks that never got a runner (closing twice is a no-op)
+            try:
+                sink.close()
+            except Exception as e:  # noqa: BLE001
+                writer(f"sink {sink.name} failed (close): {_one_line(e)}")
+
+
+class _signal_handlers:
+    """Install SIGINT/SIGTERM handlers for the duration of a run (main thread only), then restore."""
+
+    def __init__(self, handler) -> None:
+        self.handler, self.saved = handler, {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self.handler)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)

@@ -1,0 +1,69 @@
+"""The one-line status the runtime prints on stderr while it runs (and once at the end).
+
+Why a module of its own: what the line says is a user-facing format; the runtime only gathers the
+numbers. A sink can add its own counters by exposing an optional `stats() -> dict` method (e.g. the
+RTMP pacer's `{"held": 37}`: frames repeated to keep a constant frame rate); they are printed after
+the sink's name as `key value`.
+
+Example:
+    [stream 0:02:10] chunks 41 (328 frames) | gen 2.5 fps / out 16 fps | ring 12/64 | file:out.mp4 328 | preview 301 skipped 27 | rtmp://127.0.0.1/live/x 320 held 95
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+__all__ = ["SinkStatus", "format_status", "format_duration"]
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """What the status line shows for one sink."""
+
+    name: str
+    written: int
+    skipped: int = 0
+    state: str = "running"  # waiting | running | done | ended | failed
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+def format_duration(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _num(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def format_status(
+    *,
+    label: str,
+    elapsed: float,
+    chunks: int,
+    frames: int,
+    gen_fps: float,
+    out_fps: float,
+    ring_fill: int,
+    ring_slots: int,
+    sinks: list[SinkStatus],
+) -> str:
+    """One line: chunks made, generation fps vs output fps, ring fill, per-sink counters."""
+    parts = [
+        f"[{label} {format_duration(elapsed)}] chunks {chunks} ({frames} frames)",
+        f"gen {gen_fps:.1f} fps / out {_num(float(out_fps))} fps",
+        f"ring {ring_fill}/{ring_slots}",
+    ]
+    for s in sinks:
+        text = f"{s.name} {s.written}"
+        if s.skipped:
+            text += f" skipped {s.skipped}"
+        for key, value in s.extra.items():
+            text += f" {key} {_num(value)}"
+        if s.state in ("failed", "ended", "waiting"):
+            text += f" ({s.state})"
+        parts.append(text)
+    return " | ".join(parts)
