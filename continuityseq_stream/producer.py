@@ -10,7 +10,8 @@ pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_s
 
 Protocol with the parent (`Producer` is the parent's handle):
     child -> parent, over a queue: ("shape", height, width) once the first chunk is decoded; the parent
-        then `allocate`s the ring and the child attaches to it. ("done", chunks) at the end of the
+        then `allocate`s the ring and the child attaches to it and says ("attached",), upon which the
+        parent unlinks the segment's name (nothing can leak, even after SIGKILL). ("done", chunks) at the end of the
         source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
         but `ContinuitySeqError`) also print their traceback on the child's stderr.
     counters in shared memory (`stats()`): chunks and frames made, generation fps (frames per second of
@@ -261,6 +262,7 @@ class _Child:
                 raise RingClosed("stopped before the ring was ready")
         self.ring.attach()
         self.attached = True
+        self.events.put(("attached",))
 
     def finish(self) -> None:
         with self.phase_lock:

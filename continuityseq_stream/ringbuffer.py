@@ -31,8 +31,9 @@ a timeout (a call returns `None`/`False` rather than hanging); `close` (end of s
 waiter, readers then drain what is left for them and get `RingClosed`; `remove_reader` frees the
 writer from a reader that went away.
 
-The process that calls `allocate` owns the segment and unlinks it in `destroy` (always call it, e.g.
-in a `finally`); other processes `attach` and `detach`.
+The process that calls `allocate` owns the segment and unlinks its name: early with `unlink()` once
+the other process has attached (then even SIGKILL of every process leaves nothing in /dev/shm), at the
+latest in `destroy` (always call it, e.g. in a `finally`); other processes `attach` and `detach`.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class FrameRing:
         self._shm: Optional[shared_memory.SharedMemory] = None
         self._owner = False
         self._destroyed = False
+        self._unlinked = False
         self._frames = self._meta = self._pts = self._prompts = None
         self._last_prompt: tuple[str, bytes] = ("", b"")
 
@@ -189,6 +191,18 @@ class FrameRing:
         self._ctl[_HEIGHT], self._ctl[_WIDTH] = height, width
         self._ready.set()
 
+    def unlink(self) -> None:
+        """Remove the segment's name (owner side). The memory stays mapped where it is mapped; call it
+        as soon as every process has attached, so that not even a SIGKILL of all of them can leave
+        the segment behind in /dev/shm. Safe to call twice."""
+        if not self._owner or self._unlinked or self._shm is None:
+            return
+        self._unlinked = True
+        try:
+            self._shm.unlink()  # also tells the resource tracker
+        except FileNotFoundError:
+            pass
+
     def wait_ready(self, timeout: Optional[float]) -> bool:
         """True once `allocate` ran (in any process)."""
         return self._ready.wait(timeout)
@@ -225,16 +239,13 @@ class FrameRing:
     def _unmap(self) -> None:
         self._ctl[_CLOSED] = 1
         self._destroyed = True
+        if self._shm is None:
+            return
+        if self._owner:
+            self.unlink()
         shm, self._shm = self._shm, None
         self._frames = self._meta = self._pts = self._prompts = None
-        if shm is None:
-            return
         shm.close()
-        if self._owner:
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
 
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager

@@ -301,6 +301,8 @@ class _Run:
             info = StreamInfo(width=width, height=height, fps=float(self.config.fps))
             for r in self.runners:
                 r.start(info)
+        elif kind == "attached":
+            self.ring.unlink()  # both sides have it mapped: the name is no longer needed
         elif kind == "done":
             self.producer_finished = True
         elif kind == "error":
