@@ -117,16 +117,20 @@ class NginxRtmp:
         return f"rtmp://127.0.0.1:{self.port}/live/test"
 
     def start(self) -> "NginxRtmp":
-        self.proc = subprocess.Popen(
-            ["nginx", "-e", str(self.dir / "logs" / "error.log"), "-c", str(self.conf), "-p", str(self.dir)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "logs" / "stderr.log", "ab"), preexec_fn=_die_with_parent)
+        with open(self.dir / "logs" / "stderr.log", "ab") as stderr:
+            self._spawn(stderr)
         try:
             wait_port(self.port)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"nginx did not start: {(self.dir / 'logs' / 'error.log').read_text()[-2000:]}")
         return self
+
+    def _spawn(self, stderr) -> None:
+        self.proc = subprocess.Popen(
+            ["nginx", "-e", str(self.dir / "logs" / "error.log"), "-c", str(self.conf), "-p", str(self.dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=stderr, preexec_fn=_die_with_parent)
 
     def kill(self) -> None:
         if self.proc is not None:
