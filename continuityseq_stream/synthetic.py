@@ -29,7 +29,7 @@ import numpy as np
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "MOTIONS", "VOCABULARY", "DEFAULT_SIZE",
     "ClipSpec", "Clip", "caption", "parse_caption", "sample_spec", "spec_from_caption", "render_clip",
-    "render_frame", "make_clips", "direction_vector",
+    "render_frame", "make_clips", "direction_vector", "half_extent",
 ]
 
 #: frame side in pixels used by the shipped demo model (32 keeps CPU training within its budget)
@@ -135,8 +135,8 @@ def sample_spec(rng: np.random.Generator, size: int = DEFAULT_SIZE, bouncing_fra
         # keep both components clearly non-zero so the bounce is visible on both axes
         vx = speed * np.sign(np.cos(angle)) * max(abs(np.cos(angle)), 0.4)
         vy = speed * np.sign(np.sin(angle)) * max(abs(np.sin(angle)), 0.4)
-        lo, hi = radius, size - radius
-        x, y = rng.uniform(lo, hi, size=2)
+        r = half_extent(shape, radius)
+        x, y = rng.uniform(r, size - r, size=2)
     else:
         ux, uy = _UNIT[motion]
         vx, vy = speed * ux, speed * uy
@@ -152,6 +152,11 @@ def spec_from_caption(text: str, rng: np.random.Generator, size: int = DEFAULT_S
     return sample_spec(rng, size, **parsed)
 
 
+def half_extent(shape: str, radius: float) -> float:
+    """Half the width/height of the drawn shape (bouncing reflects at this distance from a wall)."""
+    return {"circle": 1.0, "square": 0.886, "triangle": 1.2}[shape] * radius
+
+
 def _trajectory(spec: ClipSpec, num_frames: int) -> np.ndarray:
     """Centres `[T, 2]`: wrapped for directional motion, reflected for bouncing."""
     t = np.arange(num_frames, dtype=np.float64)
@@ -165,7 +170,8 @@ def _trajectory(spec: ClipSpec, num_frames: int) -> np.ndarray:
         q = np.mod(p - lo, 2 * span)
         return lo + np.where(q > span, 2 * span - q, q)
 
-    lo, hi = spec.radius, spec.size - spec.radius
+    r = half_extent(spec.shape, spec.radius)
+    lo, hi = r, spec.size - r
     return np.stack([reflect(x, lo, hi), reflect(y, lo, hi)], axis=1)
 
 
