@@ -47,9 +47,11 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def to_pixels(image: Any, height: int, width: int) -> torch.Tensor:
     """An image or frames -> float32 `[N, 3, height, width]` in [-1, 1].
 
-    Accepts a PIL image, a list of them, uint8 numpy `[H, W, 3]` / `[N, H, W, 3]`, or a float tensor
-    `[3, H, W]` / `[N, 3, H, W]` already in [-1, 1].
+    Accepts an image file path, a PIL image, a list of them, uint8 numpy `[H, W, 3]` / `[N, H, W, 3]`,
+    or a float tensor `[3, H, W]` / `[N, 3, H, W]` already in [-1, 1].
     """
+    if isinstance(image, (str, os.PathLike)):
+        return load_init_image(os.fspath(image), height, width)
     if isinstance(image, (list, tuple)):
         return torch.cat([to_pixels(im, height, width) for im in image])
     if isinstance(image, torch.Tensor):

@@ -52,6 +52,7 @@ def test_init_image_any_size(tmp_path):
     Image.fromarray(np.full((123, 77, 3), 200, np.uint8)).save(p)
     x = sources.load_init_image(str(p), 48, 64)
     assert x.shape == (1, 3, 48, 64)
+    assert torch.equal(sources.to_pixels(p, 48, 64), x)
     assert torch.allclose(x, torch.full_like(x, 200 / 127.5 - 1), atol=0.02)
 
 
