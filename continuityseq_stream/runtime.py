@@ -333,7 +333,7 @@ class _Run:
                 self.ring.close()
             for r in self.runners:
                 if r.thread is not None:
-                    r.thread.join(None if not forced else 10.0)
+                    r.thread.join(None if not forced else 3.0)
                     if r.thread.is_alive():
                         self.log(f"sink {r.sink.name} did not finish closing; leaving it")
                 else:  # never opened (no first frame): still close it
