@@ -14,6 +14,8 @@ Protocol with the parent (`Producer` is the parent's handle):
         parent unlinks the segment's name (nothing can leak, even after SIGKILL). ("done", chunks) at the end of the
         source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
         but `ContinuitySeqError`) also print their traceback on the child's stderr.
+    ("log", logger name, level, message) for each record of the "continuityseq_stream" loggers in
+        the child; the parent re-emits them through its own logging (one log stream, on stderr).
     counters in shared memory (`stats()`): chunks and frames made, generation fps (frames per second of
         time spent inside the generator, i.e. not counting back-pressure waits; the first chunk, which
         includes model loading, is left out once there is a second).
@@ -29,6 +31,7 @@ treats SIGTERM as `stop()`, and exits by itself if the parent dies.
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -47,6 +50,7 @@ from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
 DEFAULT_SOURCE = "continuityseq_stream.session:open_stream"
+LOGGER = "continuityseq_stream"  # records of this logger in the child are re-emitted in the parent
 
 # stats array fields (float64)
 _S_CHUNKS, _S_FRAMES, _S_GEN_FRAMES, _S_GEN_SECONDS, _S_FIELDS = 0, 1, 2, 3, 4
@@ -101,10 +105,12 @@ class Producer:
         self._process: Optional[mp.process.BaseProcess] = None
 
     def start(self) -> None:
+        log_level = logging.getLogger(LOGGER).getEffectiveLevel()
         process = self._ctx.Process(
             target=_child_main,
             name="continuityseq-producer",
-            args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events, self._stats),
+            args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events, self._stats,
+                  log_level),
             daemon=True,
         )
         process.start()
@@ -272,10 +278,28 @@ class _Child:
             self.ring.detach()
 
 
-def _child_main(config, ring, source, source_kwargs, stop, events, stats) -> None:
+class _ForwardLogs(logging.Handler):
+    """Child side: sends the package's log records to the parent as ("log", name, level, message)."""
+
+    def __init__(self, events) -> None:
+        super().__init__()
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.events.put(("log", record.name, record.levelno, record.getMessage()))
+        except Exception:  # noqa: BLE001 - logging must never break generation
+            self.handleError(record)
+
+
+def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_level=logging.INFO) -> None:
     """Entry point of the producer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logger = logging.getLogger(LOGGER)  # this process is ours: route its logs to the parent
+    logger.addHandler(_ForwardLogs(events))
+    logger.setLevel(log_level)
+    logger.propagate = False
     child = _Child(config, ring, stop, events, stats)
     threading.Thread(target=child.watch_stop, name="stop-watcher", daemon=True).start()
     threading.Thread(target=child.watch_parent, name="parent-watcher", daemon=True).start()

@@ -6,7 +6,8 @@
          (preview q/Esc), or every sink ended normally (e.g. stdout's reader went away). At least one
          sink kept working to the end; a sink that failed on the way has printed its one line.
     1    the producer crashed (unexpected exception, killed) or every sink failed.
-    2    the producer raised a `ContinuitySeqError` (bad checkpoint, bad input...).
+    A `ContinuitySeqError` raised by the producer (bad checkpoint, bad input...) is raised again by
+    `run`, after teardown, so callers treat it like any other bad input (the CLI: one line, status 2).
     130  a second SIGINT/SIGTERM forced the exit (sinks were still closed).
 
 How a run goes
@@ -30,12 +31,14 @@ Signals: `run` installs SIGINT/SIGTERM handlers only while it runs, and only fro
 stop at once (frames still in the ring are dropped), sinks are closed, the producer is killed.
 
 Nothing is printed on stdout; the status line goes to `log` (stderr by default) every
-`status_interval` seconds and once at the end.
+`status_interval` seconds and once at the end (when there was a first frame). Log records of the
+"continuityseq_stream" loggers in the producer are re-emitted here through `logging`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import sys
 import threading
@@ -251,6 +254,8 @@ class _Run:
             self._loop()
         finally:
             self._teardown()
+        if self.producer_error is not None and not self.producer_error[2] and not self.force.is_set():
+            raise _user_error(*self.producer_error[:2])
         return self._exit_code()
 
     def _loop(self) -> None:
@@ -305,11 +310,14 @@ class _Run:
             self.ring.unlink()  # both sides have it mapped: the name is no longer needed
         elif kind == "done":
             self.producer_finished = True
+        elif kind == "log":
+            _, name, level, message = event
+            logging.getLogger(name).log(level, "%s", message)
         elif kind == "error":
             _, name, message, unexpected = event
             self.producer_error = (name, message, bool(unexpected))
-            text = " ".join(message.split())
-            self.log(f"producer failed: {name}: {text}" if unexpected else f"producer failed: {text}")
+            if unexpected:  # a ContinuitySeqError is raised by `run` after teardown instead
+                self.log(f"producer failed: {name}: {' '.join(message.split())}")
 
     def _on_producer_exit(self) -> None:
         # the child puts its last message before it exits: collect it before concluding it died
@@ -347,7 +355,8 @@ class _Run:
                     self.producer.shutdown(0.0 if forced else self.options.stop_grace)
             finally:
                 if self.ring is not None:
-                    self.log(self._status_line("end"))
+                    if self.first_frame_at is not None:
+                        self.log(self._status_line("end"))
                     self.ring.destroy()
 
     def _status_line(self, label: str) -> str:
@@ -373,6 +382,16 @@ class _Run:
         if self.runners and all(r.state == "failed" for r in self.runners):
             return EXIT_FAILED
         return EXIT_OK
+
+
+def _user_error(name: str, message: str) -> ContinuitySeqError:
+    """The producer's ContinuitySeqError, rebuilt in this process (same class when it is one of ours)."""
+    from . import errors
+
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ContinuitySeqError)):
+        cls = ContinuitySeqError
+    return cls(message)
 
 
 def _duration_reached(duration: Optional[float], since: float, now: float) -> bool:
