@@ -1,0 +1,421 @@
+"""Train the demo model on synthetic motion: a tiny VAE, then a tiny ContinuitySeq-A UNet.
+
+    python -m continuityseq_stream.train --work /tmp/demo-train --out continuityseq_stream/data/demo
+
+Two stages, each resumable from its last checkpoint in `--work` (re-run the same command):
+
+1. **VAE** (`AutoencoderKL`, 4 down blocks = the 8x factor of SD VAEs): reconstruction (L1 + MSE) plus
+   a small KL term on single frames of `synthetic.make_clips`. Its `scaling_factor` is set to
+   1 / std of the training latents (the role 0.18215 plays for SD).
+2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (ARCHITECTURE.md §9): clips of
+   `max_cond + frames` latent frames; per batch k is uniform in [1, max_cond]; the k frames before the
+   target window are the clean conditioning, the following `frames` frames are noised with the
+   ModelScope DDIM schedule (scaled-linear 0.00085 -> 0.012, 1000 steps) and the UNet predicts the
+   noise. Text: a frozen, randomly initialised tiny CLIP text encoder over a word-level vocabulary of
+   the caption grammar (made locally); 10 % of prompts are dropped to "" for classifier-free guidance.
+   Weights are averaged (EMA) and the EMA is what is saved.
+
+The result is a diffusers-layout folder (`model_index.json`, `scheduler/`, `tokenizer/`,
+`text_encoder/`, `vae/`, `unet/`, fp16 safetensors) that `ContinuitySeqPipeline.from_pretrained` loads.
+Every random draw comes from explicit generators seeded by `--seed`; a stage stops at its step count
+or its time budget, whichever comes first (so wall time, not the seed, can change the result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import synthetic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "make_word_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
+           "encode_captions", "vae_loss", "unet_loss", "train_vae", "train_unet", "save_pipeline_folder", "main"]
+
+TEXT_DIM = 32
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of a training run (saved next to the checkpoints)."""
+
+    size: int = synthetic.DEFAULT_SIZE
+    frames: int = 4                 # F: frames generated per chunk
+    max_cond: int = 4               # k is uniform in [1, max_cond]
+    seed: int = 0
+    # VAE
+    vae_channels: tuple = (16, 32, 64, 64)
+    vae_groups: int = 8
+    vae_clips: int = 400
+    vae_steps: int = 400
+    vae_batch: int = 24
+    vae_lr: float = 2e-3
+    vae_kl: float = 1e-5
+    vae_minutes: float = 9.0
+    # UNet
+    unet_channels: tuple = (32, 64)
+    unet_groups: int = 16
+    unet_clips: int = 2000
+    unet_steps: int = 3000
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    unet_minutes: float = 30.0
+    prompt_dropout: float = 0.1
+    ema: float = 0.995
+    checkpoint_every: int = 50
+    extra: dict = field(default_factory=dict)
+
+
+# -- components ---------------------------------------------------------------------------------
+def make_word_tokenizer(words=synthetic.VOCABULARY, max_length: int = 77):
+    """A CLIP tokenizer whose merges turn every grammar word into one token.
+
+    Byte symbols stay in the vocabulary, so any prompt tokenizes (unknown words as characters).
+    Built with `CLIPTokenizer(vocab=dict, merges=list)` (the `vocab_file=` form misbehaves in
+    transformers 5).
+    """
+    from transformers import CLIPTokenizer
+
+    from .tiny import _byte_symbols
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in _byte_symbols():
+        vocab.setdefault(s, len(vocab))
+        vocab.setdefault(s + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        # segment with the merges so far (earlier words' merges rank lower and apply first), then chain
+        # the pieces left to right with new merges, so the whole word ends as one token
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], {m: i for i, m in enumerate(merges)})
+        left = pieces[0]
+        for right in pieces[1:]:
+            merges.append((left, right))
+            left = left + right
+            vocab.setdefault(left, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _bpe(symbols: list[str], ranks: dict) -> list[str]:
+    """Byte-pair merging as CLIP does it: repeatedly join the adjacent pair of lowest rank."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        rank, _ = min(pairs)
+        if rank == math.inf:
+            break
+        pair, out, i = (symbols[min(pairs)[1]], symbols[min(pairs)[1] + 1]), [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                out.append(symbols[i] + symbols[i + 1]); i += 2
+            else:
+                out.append(symbols[i]); i += 1
+        symbols = out
+    return symbols
+
+
+def make_text_encoder(vocab_size: int, seed: int):
+    """Tiny CLIP text encoder (frozen; random weights from `seed`)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="quick_gelu",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPTextModel(config)
+        # random embeddings of std 0.02 make all words look alike after the final LayerNorm; widen them
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, 1.0)
+    return model.eval().requires_grad_(False)
+
+
+def make_vae(cfg: TrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(cfg.vae_channels), layers_per_block=1, norm_num_groups=cfg.vae_groups,
+        sample_size=cfg.size,
+    )
+
+
+def make_unet(cfg: TrainConfig):
+    """ContinuitySeq-A (A-prev) UNet; widths are multiples of 32 (temporal GroupNorm uses 32 groups)."""
+    from .models import ContinuitySeqUNet
+
+    n = len(cfg.unet_channels)
+    return ContinuitySeqUNet(
+        sample_size=cfg.size // 8, block_out_channels=list(cfg.unet_channels), layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock3D"] * (n - 1) + ["DownBlock3D"],
+        up_block_types=["UpBlock3D"] + ["CrossAttnUpBlock3D"] * (n - 1),
+        norm_num_groups=cfg.unet_groups, cross_attention_dim=TEXT_DIM, attention_head_dim=8,
+    )
+
+
+def make_scheduler():
+    """The pipeline's DDIM with the ModelScope training schedule."""
+    from diffusers import DDIMScheduler
+
+    from .tiny import MODELSCOPE_SCHEDULER_CONFIG
+
+    return DDIMScheduler(**MODELSCOPE_SCHEDULER_CONFIG)
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """Last hidden states `[N, 77, D]`, padded to max length without mask (as the pipeline encodes)."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+# -- losses -------------------------------------------------------------------------------------
+def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 `[N, H, W, 3]` -> float `[N, 3, H, W]` in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
+    """L1 + MSE reconstruction of a posterior sample, plus `kl_weight` x mean KL."""
+    posterior = vae.encode(pixels).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    recon = vae.decode(z).sample
+    return F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + kl_weight * posterior.kl().mean() / z[0].numel()
+
+
+def unet_loss(unet, scheduler, latents: torch.Tensor, k: int, frames: int, text: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
+    """Epsilon-prediction loss of one batch.
+
+    latents `[B, 4, L, h, w]` (clean, scaled); the last `frames` frames of the first `k + frames` are
+    the target window, the `k` before it the clean conditioning; text `[B, 77, D]`.
+    """
+    b = latents.shape[0]
+    y = latents[:, :, :k]
+    x0 = latents[:, :, k:k + frames]
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+    xt = scheduler.add_noise(x0, noise, t)
+    eps = unet(xt, y, t, encoder_hidden_states=text)
+    eps = eps if isinstance(eps, torch.Tensor) else eps[0]
+    return F.mse_loss(eps, noise)
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> Optional[dict]:
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to 10 % (a pure function of the step: resume-safe)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# -- stage 1: VAE -------------------------------------------------------------------------------
+def train_vae(cfg: TrainConfig, work: Path, log=print):
+    """Train (or resume) the VAE; returns it with `scaling_factor` set, in eval mode."""
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work / "vae.pt"
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 11)
+    rng = np.random.default_rng(cfg.seed + 12)
+    step, done = 0, False
+    state = _load_checkpoint(ckpt_path)
+    if state:
+        vae.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"]); rng.bit_generator.state = state["rng"]
+        step, done = state["step"], state.get("done", False)
+        log(f"vae: resumed at step {step}{' (done)' if done else ''}")
+    clips = synthetic.make_clips(cfg.vae_clips, 8, cfg.seed + 1, cfg.size)
+    pool = np.concatenate([c.frames for c in clips])  # [N, S, S, 3]
+    start, losses = time.monotonic(), []
+    vae.train()
+    while not done and step < cfg.vae_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr)
+        idx = rng.integers(0, len(pool), cfg.vae_batch)
+        loss = vae_loss(vae, frames_to_pixels(pool[idx]), cfg.vae_kl, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        out_of_time = time.monotonic() - start > cfg.vae_minutes * 60
+        if step % cfg.checkpoint_every == 0 or step >= cfg.vae_steps or out_of_time:
+            done = step >= cfg.vae_steps or out_of_time
+            _save_checkpoint(ckpt_path, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                             rng=rng.bit_generator.state, step=step, done=done)
+            log(f"vae: step {step} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f} "
+                f"({time.monotonic() - start:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(frames_to_pixels(pool[i:i + 256])).latent_dist.mean for i in range(0, min(len(pool), 2048), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    log(f"vae: scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae
+
+
+@torch.no_grad()
+def encode_clips(vae, clips, batch: int = 256) -> torch.Tensor:
+    """Clean scaled latents `[N, 4, T, h, w]` of clips (posterior mean x scaling factor)."""
+    frames = np.stack([c.frames for c in clips])  # [N, T, S, S, 3]
+    n, t = frames.shape[:2]
+    flat = frames.reshape(n * t, *frames.shape[2:])
+    z = torch.cat([vae.encode(frames_to_pixels(flat[i:i + batch])).latent_dist.mean
+                   for i in range(0, len(flat), batch)]) * vae.config.scaling_factor
+    return z.reshape(n, t, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+# -- stage 2: UNet ------------------------------------------------------------------------------
+def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=print):
+    """Train (or resume) the UNet on VAE latents of synthetic clips; returns the EMA UNet (eval)."""
+    ckpt_path = work / "unet.pt"
+    scheduler = make_scheduler()
+    clip_len = cfg.max_cond + cfg.frames
+    cache = work / f"latents-{cfg.unet_clips}x{clip_len}.pt"
+    if cache.is_file():
+        data = torch.load(cache, weights_only=False)
+    else:
+        t0 = time.monotonic()
+        clips = synthetic.make_clips(cfg.unet_clips, clip_len, cfg.seed + 2, cfg.size)
+        data = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}
+        torch.save(data, cache)
+        log(f"unet: encoded {len(clips)} clips in {time.monotonic() - t0:.0f}s")
+    latents, captions = data["latents"], data["captions"]
+    unique = sorted(set(captions)) + [""]
+    table = encode_captions(tokenizer, text_encoder, unique)  # [U, 77, D]
+    caption_idx = torch.tensor([unique.index(c) for c in captions])
+    empty = len(unique) - 1
+
+    unet = make_unet(cfg)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 21)
+    rng = np.random.default_rng(cfg.seed + 22)
+    step, done = 0, False
+    state = _load_checkpoint(ckpt_path)
+    if state:
+        unet.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"]); rng.bit_generator.state = state["rng"]
+        step, done = state["step"], state.get("done", False)
+        log(f"unet: resumed at step {step}{' (done)' if done else ''}")
+    start, losses = time.monotonic(), []
+    unet.train()
+    while not done and step < cfg.unet_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
+        idx = torch.from_numpy(rng.integers(0, len(latents), cfg.unet_batch))
+        k = int(rng.integers(1, cfg.max_cond + 1))
+        offset = int(rng.integers(0, cfg.max_cond - k + 1))  # window [offset, offset + k + F) inside the clip
+        batch = latents[idx, :, offset:offset + k + cfg.frames]
+        text_idx = caption_idx[idx].clone()
+        text_idx[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.prompt_dropout)] = empty
+        loss = unet_loss(unet, scheduler, batch, k, cfg.frames, table[text_idx], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        out_of_time = time.monotonic() - start > cfg.unet_minutes * 60
+        if step % cfg.checkpoint_every == 0 or step >= cfg.unet_steps or out_of_time:
+            done = step >= cfg.unet_steps or out_of_time
+            _save_checkpoint(ckpt_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                             gen=gen.get_state(), rng=rng.bit_generator.state, step=step, done=done)
+            log(f"unet: step {step} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f} "
+                f"({time.monotonic() - start:.0f}s)")
+    return ema.eval()
+
+
+# -- output folder ------------------------------------------------------------------------------
+MODEL_INDEX = {
+    "_class_name": "TextToVideoSDPipeline",
+    "_diffusers_version": "0.21.4",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def save_pipeline_folder(folder: Path, unet, vae, text_encoder, tokenizer, meta: Optional[dict] = None,
+                         dtype: torch.dtype = torch.float16) -> Path:
+    """Write the diffusers-layout folder (weights as `dtype` safetensors) in the ContinuitySeq-A layout."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        copy.deepcopy(model).to(dtype).save_pretrained(folder / name, safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    make_scheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
+    if meta is not None:
+        (folder / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return folder
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m continuityseq_stream.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", required=True, help="checkpoints and cached latents (re-run to resume)")
+    p.add_argument("--out", required=True, help="diffusers-layout output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    for name in ("vae_steps", "vae_batch", "vae_clips", "unet_steps", "unet_batch", "unet_clips", "frames", "max_cond", "size"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(TrainConfig, name))
+    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(TrainConfig, name))
+    p.add_argument("--unet-channels", default=",".join(map(str, TrainConfig.unet_channels)))
+    p.add_argument("--vae-channels", default=",".join(map(str, TrainConfig.vae_channels)))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    cfg.unet_channels = tuple(int(c) for c in args.unet_channels.split(","))
+    cfg.vae_channels = tuple(int(c) for c in args.vae_channels.split(","))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    log = lambda msg: logger.info(msg)  # noqa: E731
+    t0 = time.monotonic()
+    vae = train_vae(cfg, work, log)
+    tokenizer = make_word_tokenizer()
+    text_encoder = make_text_encoder(len(tokenizer), cfg.seed + 3)
+    unet = train_unet(cfg, work, vae, tokenizer, text_encoder, log)
+    meta = {"config": asdict(cfg), "wall_seconds_this_run": round(time.monotonic() - t0, 1)}
+    save_pipeline_folder(Path(args.out), unet, vae, text_encoder, tokenizer, meta)
+    log(f"saved {args.out} ({time.monotonic() - t0:.0f}s this run)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

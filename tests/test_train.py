@@ -1,0 +1,107 @@
+"""Demo-model training: losses go down on a fixed batch, the word tokenizer, resumable runs that
+write a folder the real pipeline loader accepts, and the shipped demo weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from continuityseq_stream import synthetic, train
+
+
+def _tiny_cfg(**kw):
+    base = dict(vae_channels=(8, 16, 16, 16), vae_groups=8, unet_channels=(32, 32), unet_groups=8,
+                frames=2, max_cond=2, vae_clips=2, unet_clips=4, vae_steps=2, unet_steps=2, vae_batch=4,
+                unet_batch=2, checkpoint_every=1)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_word_tokenizer_one_token_per_grammar_word():
+    tok = train.make_word_tokenizer()
+    for word in synthetic.VOCABULARY:
+        assert len(tok(word).input_ids) == 3, word  # <start> word <end>
+    ids = tok("a red circle moving left on a gray background").input_ids
+    assert len(ids) == 11
+    assert len(tok("any other words still tokenize").input_ids) > 2
+
+
+def test_text_encoder_tells_captions_apart():
+    tok = train.make_word_tokenizer()
+    enc = train.make_text_encoder(len(tok), seed=0)
+    e = train.encode_captions(tok, enc, ["a red circle moving left on a gray background",
+                                         "a blue circle moving left on a gray background", ""])
+    assert e.shape == (3, 77, train.TEXT_DIM)
+    assert (e[0] - e[1]).norm() > 1.0 and (e[0] - e[2]).norm() > 1.0
+
+
+def test_vae_steps_reduce_the_loss():
+    cfg = _tiny_cfg()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = train.make_vae(cfg)
+    pixels = train.frames_to_pixels(np.concatenate([c.frames for c in synthetic.make_clips(2, 4, seed=1)]))
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    loss = lambda: train.vae_loss(vae, pixels, cfg.vae_kl, torch.Generator().manual_seed(0))  # noqa: E731
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_unet_steps_reduce_the_loss():
+    cfg = _tiny_cfg()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = train.make_unet(cfg)
+    scheduler = train.make_scheduler()
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 4, 4, 4, generator=g)  # [B, C, k + F, h, w]
+    text = torch.randn(2, 77, train.TEXT_DIM, generator=g)
+    opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    loss = lambda: train.unet_loss(unet, scheduler, latents, 2, 2, text, torch.Generator().manual_seed(1))  # noqa: E731
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(8):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_lr_schedule_is_a_function_of_the_step():
+    assert train._lr(0, 100, 1.0) == pytest.approx(1 / 50)
+    assert train._lr(50, 100, 1.0) == pytest.approx(1.0)
+    assert train._lr(100, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
+    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+
+    cfg = _tiny_cfg()
+    tok = train.make_word_tokenizer()
+    enc = train.make_text_encoder(len(tok), seed=0)
+    vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
+    assert torch.load(tmp_path / "vae.pt", weights_only=False)["done"]
+    unet = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
+    # resuming a finished stage does no more steps
+    cfg2 = _tiny_cfg()
+    messages = []
+    train.train_unet(cfg2, tmp_path, vae, tok, enc, log=messages.append)
+    assert any("resumed at step 2" in m for m in messages)
+    folder = train.save_pipeline_folder(tmp_path / "out", unet, vae, enc, tok, {"test": True})
+    assert json.loads((folder / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+    pipe = ContinuitySeqPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    frame = synthetic.make_clips(1, 1, seed=0)[0].frames[0]
+    out = pipe("a red circle moving left on a gray background", image=frame, times=2, num_frames=2,
+               num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (4, 32, 32, 3) and out.frames.dtype == np.uint8
