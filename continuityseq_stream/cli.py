@@ -13,8 +13,8 @@ underscore and hyphen spellings both accepted) and writes an H.264 mp4 while chu
 loop that moves chunks to the output is `run_loop()`: the one function to swap for another
 runtime (producer process, ring buffer, several sinks).
 
-Errors: a `ContinuitySeqError` (or a click usage error) becomes one line on stderr and exit status 2;
-Ctrl-C closes the output cleanly and exits 130.
+Errors: a `ContinuitySeqError` (or a click usage error) becomes one line on stderr and exit status 2.
+Ctrl-C / SIGTERM stop gracefully (sinks drain and close, status 0); a second Ctrl-C forces (130).
 """
 
 from __future__ import annotations
@@ -100,35 +100,16 @@ def _chunk_progress(chunks: Iterable, total: Optional[int]) -> Iterable:
     return tqdm(chunks, total=total, desc="chunks", unit="chunk", file=sys.stderr, disable=None)
 
 
-def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None) -> int:
-    """Generate `config` and write it to `output_path` while chunks arrive; returns frames written.
+def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
+             sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64) -> int:
+    """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
+    and return the exit status. Without `sinks`, the one sink is the mp4 file at `output_path`
+    (created at the first frame: a run that fails before it leaves nothing behind)."""
+    from .runtime import RuntimeOptions, run
 
-    This is the one place that moves chunks to an output (swap it for the producer/ring/sinks
-    runtime). The file is created at the first frame; when the run fails before that, nothing is
-    left behind; once frames are written the (crash-safe) file is kept and closed properly.
-    """
-    from .chunk import FrameMeta
-    from .session import open_stream
-    from .sinks.base import StreamInfo
-    from .sinks.file import FileSink
-
-    sink = FileSink(output_path)
-    try:
-        with sink:
-            chunks = open_stream(config, save_init_to=save_init_to)
-            for chunk in _chunk_progress(chunks, config.times or None):
-                if sink.info is None:
-                    logger.info("writing %s", output_path)
-                    h, w = chunk.frames.shape[1:3]
-                    sink.open(StreamInfo(width=w, height=h, fps=config.fps))
-                for i, frame in enumerate(chunk.frames):
-                    n = chunk.first_frame + i
-                    sink.write(frame, FrameMeta(index=n, chunk=chunk.index, pts=n / config.fps, prompt=chunk.prompt))
-    except BaseException:
-        if sink.frames_written == 0 and os.path.exists(output_path):
-            os.remove(output_path)
-        raise
-    return sink.frames_written
+    options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
+                             source_kwargs={"save_init_to": save_init_to})
+    return run(config, list(sinks) or [f"file:{output_path}"], options)
 
 
 # -- the `run` command ---------------------------------------------------------------------------
@@ -184,7 +165,17 @@ RUN_OPTIONS = [
     _opt("-N", "--include-model", "include_model", is_flag=True, help="Put the model name in the file name."),
     _opt("-u", "--upscale", "upscale", is_flag=True, help="x2 latent upscaler per chunk (see --upscaler)."),
     _opt(None, "--upscaler", "upscaler", default=DEFAULT_UPSCALER, show_default=True, help="Latent upscaler model for -u."),
+    # streaming (runtime.py)
+    _opt(None, "--sink", "sinks", multiple=True, metavar="URI",
+         help="Where frames go, repeatable: file:PATH, rtmp://..., ffmpeg:URL, zmq+pub://HOST:PORT, "
+              "zmq+push://HOST:PORT, preview, - (raw rgb24 on stdout). Default: the mp4 in --output-dir."),
+    _opt(None, "--forever", "forever", is_flag=True, help="Run until stopped (same as --times 0)."),
+    _opt(None, "--duration", "duration", type=float, default=None, help="Stop after so many seconds from the first frame."),
+    _opt(None, "--ring-frames", "ring_frames", type=int, default=64, show_default=True,
+         help="Frames the shared-memory ring holds between generation and the sinks."),
 ]
+
+STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames")
 
 
 def config_from_options(options: dict) -> GenerationConfig:
@@ -222,6 +213,9 @@ def _run(**options) -> None:
     _setup_logging()
     from .session import resolve_seed
 
+    stream = {k: options.pop(k) for k in STREAM_OPTIONS}
+    if stream.pop("forever"):
+        options["times"] = 0
     config = resolve_seed(config_from_options(options))
     try:
         os.makedirs(config.output_dir, exist_ok=True)
@@ -230,14 +224,11 @@ def _run(**options) -> None:
     stem = output_stem(config)
     path = os.path.join(config.output_dir, stem + ".mp4")
     save_init_to = os.path.join(config.output_dir, stem + "_init.png") if config.save_init else None
-    try:
-        frames = run_loop(config, path, save_init_to=save_init_to)
-    except KeyboardInterrupt:
-        if os.path.exists(path):
-            click.echo(path)
-        raise
-    logger.info("%d frames written", frames)
-    click.echo(path)
+    status = run_loop(config, path, save_init_to=save_init_to, **stream)
+    if not stream["sinks"] and os.path.exists(path):
+        click.echo(path)  # only for the default file sink: with --sink, stdout may carry the video
+    if status:
+        sys.exit(status)
 
 
 run = _run

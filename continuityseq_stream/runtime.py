@@ -293,7 +293,8 @@ class _Run:
                     self.log("sinks did not drain in time: forcing the exit")
                     self.force.set()
                     return
-            if self.options.status_interval and now - self.last_status >= self.options.status_interval:
+            if (self.options.status_interval and self.first_frame_at is not None
+                    and now - self.last_status >= self.options.status_interval):
                 self.last_status = now
                 self.log(self._status_line("stream"))
 
