@@ -136,8 +136,8 @@ def open_stream(
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
     runtime = resolve_runtime(config)
-    folder = resolve_pretrained_path(config.model)
     pixels = _init_pixels(config)
+    folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
     if DEMO_NAME in (config.model, config.model_2d if pixels is None else None, config.upscaler if config.upscale else None):
         logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
