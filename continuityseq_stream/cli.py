@@ -237,5 +237,14 @@ for _decorator in reversed(RUN_OPTIONS):
 run = main.command("run", context_settings={"show_default": True})(run)
 
 
+def _add_subcommands() -> None:
+    from .zmq import subscribe_command
+
+    main.add_command(subscribe_command)
+
+
+_add_subcommands()
+
+
 if __name__ == "__main__":
     main()
