@@ -22,9 +22,12 @@ One chunk (ARCHITECTURE.md §9, the original `inference.py`):
 `stream()` yields one decoded `Chunk` at a time and keeps only the k conditioning latents between
 chunks, so memory is flat in the number of chunks. `__call__` collects `times` chunks.
 
-Per-chunk parameters (prompt, negative prompt, guidance, steps) are read from a `StreamControls`
-object at every chunk boundary; updating it from another thread changes the next chunk (hook for
-prompt schedules and live control).
+Per-chunk parameters come from one mechanism, `prompts.LiveSettings`: before every chunk `stream()`
+asks it for that chunk's `ChunkSettings` (prompt blend, negative prompt, guidance, CN/CX, seed). A
+plain prompt, a `PromptSchedule` (prompt file) or a ready `LiveSettings` all go through it; live
+changes arrive through an optional `prompts.UpdateChannel` (`updates=`) and apply exactly at the
+chunk `UpdateChannel.submit` announced. Text embeddings of a blend are the weighted sum of its
+prompts' embeddings, each prompt encoded once (`prompts.PromptBlender`).
 
 Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
 its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
@@ -34,14 +37,12 @@ applied (frames are the decoder's output).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
 import re
-import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,16 +50,23 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .chunk import Chunk
-from .conditioning import ConditioningSelector, UniformConditioning, clamp_k
+from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
 from .errors import CheckpointError, ConfigError
+from .prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
 from .sources import pixels_to_uint8, to_pixels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput", "StreamControls", "resolve_pretrained_path"]
+__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput", "resolve_pretrained_path"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
+
+
+def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) -> random.Random:
+    """The `random.Random` a selector draws from (a new one seeded from `generator` if it has none)."""
+    rng = getattr(selector, "rng", None)
+    return rng if isinstance(rng, random.Random) else random.Random(generator.initial_seed())
 
 
 def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
@@ -94,41 +102,6 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
             f"{flag}: cannot get {name!r} from the Hugging Face hub ({reason}); "
             "pass a local folder (e.g. one made with `huggingface-cli download`) or 'demo'"
         ) from None
-
-
-@dataclass
-class StreamControls:
-    """Per-chunk parameters, re-read by `stream()` at every chunk boundary.
-
-    Thread-safe: another thread (a prompt schedule, a control socket) may call `update()`; the
-    change applies from the next chunk on.
-    """
-
-    prompt: str
-    negative_prompt: Optional[str] = None
-    guidance_scale: float = 30.0
-    num_inference_steps: int = 25
-    #: ready-made text embeddings (e.g. a blend of prompts) used instead of encoding `prompt`:
-    #: `[2, L, D]` = (uncond, cond) when guidance_scale > 1, else `[1, L, D]`. `prompt` then only
-    #: labels the chunk.
-    prompt_embeds: Optional[torch.Tensor] = None
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def update(self, **changes: Any) -> None:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigError(f"unknown stream control(s) {sorted(unknown)}; known: {sorted(known)}")
-        with self._lock:
-            for key, value in changes.items():
-                setattr(self, key, value)
-
-    def snapshot(self) -> "StreamControls":
-        with self._lock:
-            return StreamControls(self.prompt, self.negative_prompt, self.guidance_scale, self.num_inference_steps,
-                                  self.prompt_embeds)
 
 
 @dataclass
@@ -325,7 +298,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
     # -- streaming ------------------------------------------------------------------------------
     def stream(
         self,
-        prompt: Union[str, StreamControls],
+        prompt: Union[str, PromptSchedule, LiveSettings],
         negative_prompt: Optional[str] = None,
         *,
         num_frames: int = 8,
@@ -342,55 +315,115 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         vae_scale: Optional[float] = None,
         upscaler: Any = None,
         upscaler_steps: int = 20,
+        updates: Optional[UpdateChannel] = None,
+        fps: Optional[float] = None,
+        abort: Optional[Callable[[], bool]] = None,
     ) -> Iterator[Chunk]:
         """Yield decoded chunks one at a time; `times=None` runs forever.
 
-        prompt: a string, or a `StreamControls` whose fields are re-read before every chunk (then
-            `negative_prompt`, `num_inference_steps` and `guidance_scale` here are ignored).
+        prompt: a string; a `PromptSchedule` (a prompt file: prompts that blend from one into the next
+            over the chunks, or switch at output times); or a `LiveSettings` holding everything that
+            may change per chunk (then `negative_prompt` and `guidance_scale` here are ignored, and
+            its CN/CX decide the conditioning range). Chunk.prompt records the chunk's prompt, or the
+            blend as `a (75%) + b (25%)`.
+        updates: an `UpdateChannel` for live changes while the stream runs (`submit` a set_prompt,
+            set_guidance, ... from another thread or process; it answers the chunk the change applies
+            at). `pause()` makes the next chunk wait, `stop()` ends the stream at the next boundary.
+        fps: output frame rate; needed by time-stamped schedules (a chunk's output time is
+            first_frame / fps).
+        abort: called while the stream waits paused; True ends the stream (e.g. the caller is gone).
         image: the first chunk's conditioning pixels (PIL image, uint8 array `[H, W, 3]` /
             `[N, H, W, 3]`, or a tensor in [-1, 1]), resized to `height x width`; with several frames
             (an init video) the last `selector.max_k` are used. Or pass `init_latents`
             `[1, 4, Fc, h, w]` (already scaled) instead.
-        selector: k after each chunk (default: the original's uniform [1, 8], seeded from the
-            generator's initial seed, so a seeded generator alone makes the run reproducible).
-        generator: the only source of noise (default: a CPU generator with a random seed).
+        selector: k after each chunk (default: uniform in the settings' [CN, CX], [1, 8] for a plain
+            prompt, the original's policy, seeded from the generator's initial seed, so a seeded
+            generator alone makes the run reproducible). A live change of CN/CX replaces it by a
+            uniform selector over the new range that keeps drawing from the same `rng`.
+        generator: the only source of noise (default: a CPU generator with a random seed). A live
+            set_seed re-seeds it (and the selector's `rng`) before its chunk.
         upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
             It runs `upscaler_steps` steps without guidance on each chunk's latents before decoding.
         """
-        controls = prompt if isinstance(prompt, StreamControls) else StreamControls(
-            prompt, negative_prompt, guidance_scale, num_inference_steps)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
-        selector = selector or UniformConditioning(1, 8, random.Random(generator.initial_seed()))
         if times is not None and times < 1:
             raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ConfigError(f"-T/--num-frames: got {num_frames!r}; use a number of frames per chunk >= 1")
+        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+            raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
+        live = self._live_settings(prompt, negative_prompt, guidance_scale, selector, generator)
+        if live.schedule is not None and live.schedule.timed and fps is None:
+            raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
+        cn, cx = live.conditioning_range
+        selector = selector or UniformConditioning(cn, cx, random.Random(generator.initial_seed()))
+        selector_range = (cn, cx)
 
         conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
-        embeds_cache: dict = {}
+        blender = PromptBlender(self._encode_text)
+        embeds_for: dict = {}  # the last blend's embeddings (one entry)
         index = first_frame = 0
         while times is None or index < times:
-            params = controls.snapshot()
-            do_cfg = params.guidance_scale > 1.0
-            if params.prompt_embeds is not None:
-                embeds = params.prompt_embeds.to(self._device, self.unet.dtype)
-                if embeds.shape[0] != (2 if do_cfg else 1):
-                    raise ConfigError(
-                        f"prompt_embeds: got batch {embeds.shape[0]}; use 2 (uncond, cond) with guidance > 1, else 1")
-            else:
-                key = (params.prompt, params.negative_prompt, do_cfg)
-                if key not in embeds_cache:
-                    embeds_cache.clear()  # only the current prompt is kept
-                    embeds_cache[key] = self.encode_prompt(params.prompt, params.negative_prompt, do_cfg)
-                embeds = embeds_cache[key]
+            settings = live.next_chunk(index, first_frame / fps if fps else None, channel=updates, abort=abort)
+            if settings is None:
+                return  # stopped through `updates`
+            if (settings.min_conditioning_frames, settings.max_conditioning_frames) != selector_range:
+                selector_range = (settings.min_conditioning_frames, settings.max_conditioning_frames)
+                selector = UniformConditioning(*selector_range, _selector_rng(selector, generator))
+            if settings.reseed:
+                generator.manual_seed(settings.seed)
+                rng = getattr(selector, "rng", None)
+                if isinstance(rng, random.Random):
+                    rng.seed(settings.seed)
+            embeds = self._chunk_embeds(blender, settings, embeds_for)
             frames, conditioning, used = self._next_chunk(
-                conditioning, embeds, params, num_frames, index, selector, generator,
+                conditioning, embeds, settings, num_inference_steps, num_frames, index, selector, generator,
                 vae_batch_size, vae_scale, upscaler, upscaler_steps,
             )
-            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=params.prompt)
+            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=settings.prompt)
             index += 1
             first_frame += frames.shape[0]
+
+    @staticmethod
+    def _live_settings(prompt, negative_prompt, guidance_scale, selector, generator) -> LiveSettings:
+        """The one per-chunk settings object of a stream, from whatever `stream()` was given."""
+        if isinstance(prompt, LiveSettings):
+            return prompt
+        if isinstance(prompt, PromptSchedule):
+            schedule, text = prompt, prompt.entries[0].prompt
+        elif isinstance(prompt, str):
+            schedule, text = None, prompt
+        else:
+            raise ConfigError(f"prompt: got {type(prompt).__name__}; give a str, a PromptSchedule or a LiveSettings")
+        if selector is None:
+            cn, cx = 1, 8  # the original's policy
+        elif isinstance(selector, UniformConditioning):
+            cn, cx = selector.cn, selector.cx
+        elif isinstance(selector, FixedConditioning):
+            cn = cx = selector.k
+        else:
+            cn, cx = 1, selector.max_k
+        seed = generator.initial_seed()
+        return LiveSettings(prompt=text, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                            min_conditioning_frames=cn, max_conditioning_frames=cx,
+                            seed=seed if seed < 2**63 else None, schedule=schedule)
+
+    @torch.inference_mode()
+    def _chunk_embeds(self, blender: PromptBlender, settings: ChunkSettings, last: dict) -> torch.Tensor:
+        """Text embeddings of a chunk: the blend of its prompts' embeddings (each prompt encoded once),
+        `[uncond, cond]` with guidance > 1, else `[cond]`. `last` keeps the previous chunk's result."""
+        do_cfg = settings.guidance_scale > 1.0
+        key: Tuple[PromptBlend, bool] = (settings.blend, do_cfg)
+        if key not in last:
+            if do_cfg:
+                cond, uncond = blender(settings.blend)
+                embeds = torch.cat([uncond, cond])
+            else:
+                embeds = blender.mix([(t.prompt, t.weight) for t in settings.blend.terms])
+            last.clear()
+            last[key] = embeds
+        return last[key]
 
     def _initial_conditioning(self, image, init_latents, height, width, selector, vae_batch_size, vae_scale) -> torch.Tensor:
         if init_latents is not None:
@@ -411,17 +444,18 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
-    def _next_chunk(self, conditioning, prompt_embeds, params, num_frames, index, selector, generator,
-                    vae_batch_size, vae_scale, upscaler, upscaler_steps=20):
+    def _next_chunk(self, conditioning, prompt_embeds, settings, num_inference_steps, num_frames, index, selector,
+                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=20):
         """Denoise + pick the next conditioning + decode. Returns (uint8 frames, next conditioning, k used).
 
         Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
         latents = self.denoise_chunk(
-            conditioning, prompt_embeds, num_frames, params.num_inference_steps, params.guidance_scale, generator)
+            conditioning, prompt_embeds, num_frames, num_inference_steps, settings.guidance_scale, generator)
         k = clamp_k(selector.next_k(index, num_frames), num_frames)
         next_conditioning = latents[:, :, -k:].clone()
         if upscaler is not None:
-            latents = self.upscale_latents(latents, upscaler, params.prompt, generator, vae_batch_size, upscaler_steps)
+            latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator, vae_batch_size,
+                                           upscaler_steps)
         frames = self.to_uint8(self.decode_latents(latents, vae_batch_size, vae_scale))
         return frames, next_conditioning, int(conditioning.shape[2])
 

@@ -5,7 +5,10 @@ never stalls the sinks, and a failing sink cannot kill generation. Metadata is a
 per frame: global index (`chunk.first_frame + i`), chunk index, pts = index / fps, prompt.
 
 The chunk source is an import path "module:function", called in the child as
-`function(config, **source_kwargs)` and returning an iterator of `Chunk`s. The default is the real
+`function(config, **source_kwargs, schedule=..., updates=..., abort=...)` and returning an iterator of
+`Chunk`s. The last three are live control (prompts.py): the prompt file's `PromptSchedule` or None, the
+`UpdateChannel` the parent submits changes to (or None), and a callable that turns True once the
+producer is asked to stop (a source waiting while paused gives up then). The default is the real
 pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_stream.testing`.
 
 Protocol with the parent (`Producer` is the parent's handle):
@@ -45,11 +48,13 @@ from typing import Any, Callable, Mapping, Optional
 from .chunk import FrameMeta
 from .config import GenerationConfig
 from .errors import ConfigError, ContinuitySeqError
+from .prompts import PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
 DEFAULT_SOURCE = "continuityseq_stream.session:open_stream"
+_LIVE_KWARGS = ("schedule", "updates", "abort")  # passed to every source by the producer
 LOGGER = "continuityseq_stream"  # records of this logger in the child are re-emitted in the parent
 
 # stats array fields (float64)
@@ -94,11 +99,17 @@ class Producer:
         source: str = DEFAULT_SOURCE,
         source_kwargs: Optional[Mapping[str, Any]] = None,
         ctx=None,
+        schedule: Optional[PromptSchedule] = None,
+        channel: Optional[UpdateChannel] = None,
     ) -> None:
         check_source_spec(source)
         self._ctx = ctx or mp.get_context("spawn")
         self.config, self.ring, self.source = config, ring, source
         self.source_kwargs = dict(source_kwargs or {})
+        taken = sorted(set(self.source_kwargs) & set(_LIVE_KWARGS))
+        if taken:
+            raise ConfigError(f"source_kwargs: {', '.join(taken)} are set by the runtime (live control); leave them out")
+        self.schedule, self.channel = schedule, channel
         self._stop = ProcessEvent(self._ctx)
         self._events = self._ctx.Queue()
         self._stats = self._ctx.RawArray("d", _S_FIELDS)
@@ -110,7 +121,7 @@ class Producer:
             target=_child_main,
             name="continuityseq-producer",
             args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events, self._stats,
-                  log_level),
+                  log_level, self.schedule, self.channel),
             daemon=True,
         )
         process.start()
@@ -213,9 +224,9 @@ class _Child:
         parent.join()
         os._exit(3)
 
-    def run(self, source: str, source_kwargs: Mapping[str, Any]) -> None:
+    def run(self, source: str, source_kwargs: Mapping[str, Any], schedule=None, channel=None) -> None:
         fn = resolve_source(source)
-        chunks = fn(self.config, **source_kwargs)
+        chunks = fn(self.config, **source_kwargs, schedule=schedule, updates=channel, abort=self.stop.is_set)
         fps, times = float(self.config.fps), self.config.times
         made = 0
         try:
@@ -292,7 +303,8 @@ class _ForwardLogs(logging.Handler):
             self.handleError(record)
 
 
-def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_level=logging.INFO) -> None:
+def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_level=logging.INFO,
+                schedule=None, channel=None) -> None:
     """Entry point of the producer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -304,7 +316,7 @@ def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_le
     threading.Thread(target=child.watch_stop, name="stop-watcher", daemon=True).start()
     threading.Thread(target=child.watch_parent, name="parent-watcher", daemon=True).start()
     try:
-        child.run(source, source_kwargs)
+        child.run(source, source_kwargs, schedule, channel)
         events.put(("done", int(stats[_S_CHUNKS])))
     except ContinuitySeqError as e:
         events.put(("error", type(e).__name__, str(e), False))
@@ -313,5 +325,7 @@ def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_le
         events.put(("error", type(e).__name__, str(e) or repr(e), True))
     finally:
         child.finish()
+        if channel is not None:
+            channel.close()
         events.close()
         events.join_thread()

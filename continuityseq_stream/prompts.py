@@ -770,6 +770,13 @@ class LiveSettings:
     def schedule(self) -> Optional[PromptSchedule]:
         return self._schedule
 
+    @property
+    def conditioning_range(self) -> Tuple[int, int]:
+        """(CN, CX) of the earliest chunk still known — what a pipeline builds its first selector from
+        (the first chunk's conditioning needs CX frames before any chunk settings are fixed)."""
+        with self._lock:
+            return self._conditioning[0][1]
+
     # -- updates ------------------------------------------------------------------------------
     def apply(self, update: Mapping[str, Any], at_chunk: int) -> dict:
         """Record a settings change taking effect at chunk `at_chunk`; returns the normalized update."""

@@ -24,13 +24,14 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from .chunk import Chunk
 from .config import GenerationConfig
 from .errors import ConfigError
+from .prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +120,21 @@ def open_stream(
     *,
     save_init_to: Optional[str] = None,
     progress: bool = True,
-    controls=None,
+    schedule: Optional[PromptSchedule] = None,
+    updates: Optional[UpdateChannel] = None,
+    abort: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Chunk]:
     """Yield the chunks `config` asks for (`config.times`, 0 = forever).
 
     save_init_to: where `-I/--save-init` writes the init image (default `<output-dir>/init_<seed>.png`).
     progress: show diffusers' per-step progress bar (tqdm, stderr).
-    controls: a `pipeline.StreamControls` to change prompt/guidance/steps between chunks (live
-        control, prompt schedules); default: fixed values from `config`.
+    schedule: a prompt file's `PromptSchedule` (takes precedence over `config.prompt`).
+    updates: an `UpdateChannel` carrying live changes (control socket); they apply at chunk boundaries.
+    abort: checked while paused; True ends the stream (the producer is stopping).
+    The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts.py).
     """
     from .conditioning import UniformConditioning
-    from .pipeline import ContinuitySeqPipeline, StreamControls, resolve_pretrained_path
+    from .pipeline import ContinuitySeqPipeline, resolve_pretrained_path
 
     from .tiny import DEMO_LABEL, DEMO_NAME
 
@@ -142,8 +147,11 @@ def open_stream(
         logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)
-    if pixels is None:
-        pixels = _render_init(config, runtime)
+    if pixels is None:  # by precedence, a prompt file's first prompt also draws the first frame
+        first = schedule.entries[0] if schedule is not None else None
+        pixels = _render_init(config if first is None else config.replace(
+            prompt=first.prompt, negative_prompt=config.negative_prompt if first.negative is None else first.negative),
+            runtime)
     if config.save_init:
         from .sources import save_init_image
 
@@ -161,11 +169,10 @@ def open_stream(
         upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
         upscaler.set_progress_bar_config(disable=True)
 
-    if controls is None:
-        controls = StreamControls(config.prompt, config.negative_prompt, config.guidance_scale, config.num_steps)
     yield from pipe.stream(
-        controls,
+        LiveSettings.from_config(config, schedule),
         num_frames=config.num_frames,
+        num_inference_steps=config.num_steps,
         height=config.height,
         width=config.width,
         selector=UniformConditioning(config.min_conditioning_frames, config.max_conditioning_frames,
@@ -177,4 +184,7 @@ def open_stream(
         vae_scale=config.vae_scale,
         upscaler=upscaler,
         upscaler_steps=2 if config.upscaler == "demo" else 20,
+        updates=updates,
+        fps=config.fps,
+        abort=abort,
     )

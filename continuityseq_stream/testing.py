@@ -11,17 +11,21 @@ Used through the producer's source hook, e.g. `RuntimeOptions(source="continuity
 synthetic_stream", source_kwargs={"delay": 0.05})`. Knobs, all explicit arguments:
     delay: seconds of simulated compute per chunk (time.sleep inside the generator, like a model).
     fail_after: raise RuntimeError("synthetic failure ...") instead of producing that chunk.
+Like the real source it takes the live-control arguments `schedule`, `updates` and `abort` (see
+prompts.py): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
+pause/stop work at chunk boundaries; the pixels do not depend on the prompt.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from .chunk import Chunk
 from .config import GenerationConfig
+from .prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 __all__ = ["synthetic_frame", "synthetic_stream", "decode_index", "INDEX_BITS"]
 
@@ -60,16 +64,23 @@ def decode_index(frame: np.ndarray) -> int:
 
 
 def synthetic_stream(
-    config: GenerationConfig, *, delay: float = 0.0, fail_after: Optional[int] = None
+    config: GenerationConfig, *, delay: float = 0.0, fail_after: Optional[int] = None,
+    schedule: Optional[PromptSchedule] = None, updates: Optional[UpdateChannel] = None,
+    abort: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Chunk]:
     """Chunks of deterministic moving-pattern frames (see the module docstring)."""
     f, w, h = config.num_frames, config.width, config.height
+    live = LiveSettings.from_config(config, schedule)
     n = 0
     while config.times == 0 or n < config.times:
+        settings = live.next_chunk(n, n * f / config.fps, channel=updates, abort=abort)
+        if settings is None:
+            return
         if fail_after is not None and n >= fail_after:
             raise RuntimeError(f"synthetic failure before chunk {n}")
         if delay:
             time.sleep(delay)
         frames = np.stack([synthetic_frame(n * f + i, w, h) for i in range(f)])
-        yield Chunk(frames=frames, index=n, first_frame=n * f, conditioning_frames=min(f, config.max_conditioning_frames), prompt=config.prompt)
+        yield Chunk(frames=frames, index=n, first_frame=n * f,
+                    conditioning_frames=min(f, settings.max_conditioning_frames), prompt=settings.prompt)
         n += 1

@@ -18,7 +18,8 @@ import torch
 from continuityseq_stream.chunk import Chunk
 from continuityseq_stream.conditioning import FixedConditioning, UniformConditioning
 from continuityseq_stream.errors import CheckpointError, ConfigError
-from continuityseq_stream.pipeline import ContinuitySeqPipeline, StreamControls
+from continuityseq_stream.pipeline import ContinuitySeqPipeline
+from continuityseq_stream.prompts import LiveSettings, UpdateChannel
 from continuityseq_stream.sources import to_pixels
 from continuityseq_stream.tiny import get_dummy_components, save_tiny_pipeline
 
@@ -210,25 +211,30 @@ def test_global_rng_untouched(pipe):
     assert torch.equal(torch_state, torch.get_rng_state()) and py_state == random.getstate()
 
 
-def test_controls_change_prompt_at_chunk_boundary(pipe):
-    controls = StreamControls("first prompt", guidance_scale=5.0, num_inference_steps=1)
-    stream = pipe.stream(controls, image=_image(), height=H, width=W, num_frames=F,
-                         generator=torch.Generator().manual_seed(0))
-    c0 = next(stream)
-    controls.update(prompt="second prompt", guidance_scale=2.0)
-    c1 = next(stream)
-    stream.close()
-    assert (c0.prompt, c1.prompt) == ("first prompt", "second prompt")
-    with pytest.raises(ConfigError):
-        controls.update(bogus=1)
+def test_updates_change_prompt_at_the_announced_chunk(pipe):
+    channel = UpdateChannel()
+    try:
+        stream = pipe.stream("first prompt", guidance_scale=5.0, num_inference_steps=1, image=_image(), height=H,
+                             width=W, num_frames=F, generator=torch.Generator().manual_seed(0), updates=channel)
+        c0 = next(stream)
+        assert channel.submit({"command": "set_prompt", "prompt": "second prompt"}) == 1
+        assert channel.submit({"command": "set_guidance", "guidance_scale": 2.0}) == 1
+        c1 = next(stream)
+        channel.stop()
+        assert list(stream) == []  # a stop ends the stream at the next boundary
+        assert (c0.prompt, c1.prompt) == ("first prompt", "second prompt")
+        with pytest.raises(ConfigError):
+            channel.submit({"command": "set_prompt", "prompt": "x", "bogus": 1})
+    finally:
+        channel.close()
 
 
-def test_controls_prompt_embeds_override(pipe):
-    kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=1, guidance_scale=5.0, times=1)
-    embeds = pipe.encode_prompt("a blue sea", None, True)
-    a = pipe(StreamControls("label", guidance_scale=5.0, num_inference_steps=1, prompt_embeds=embeds),
-             generator=torch.Generator().manual_seed(0), **kw).frames
-    b = pipe("a blue sea", generator=torch.Generator().manual_seed(0), **kw).frames
+def test_live_settings_equal_plain_arguments(pipe):
+    kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=1, times=2)
+    live = LiveSettings(prompt="a blue sea", guidance_scale=5.0, min_conditioning_frames=1, max_conditioning_frames=3)
+    a = pipe(live, generator=torch.Generator().manual_seed(0), **kw).frames
+    b = pipe("a blue sea", guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
+             selector=UniformConditioning(1, 3, random.Random(0)), **kw).frames
     assert np.array_equal(a, b)
 
 
