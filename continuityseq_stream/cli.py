@@ -101,14 +101,17 @@ def _chunk_progress(chunks: Iterable, total: Optional[int]) -> Iterable:
 
 
 def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
-             sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64) -> int:
+             sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64,
+             schedule=None, control: Optional[str] = None, control_allow_remote: bool = False) -> int:
     """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
     and return the exit status. Without `sinks`, the one sink is the mp4 file at `output_path`
-    (created at the first frame: a run that fails before it leaves nothing behind)."""
+    (created at the first frame: a run that fails before it leaves nothing behind).
+    schedule: a `PromptSchedule` (--prompts-file); control: the --control bind address."""
     from .runtime import RuntimeOptions, run
 
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
-                             source_kwargs={"save_init_to": save_init_to})
+                             source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
+                             control=control, control_allow_remote=control_allow_remote)
     return run(config, list(sinks) or [f"file:{output_path}"], options)
 
 
@@ -129,7 +132,8 @@ def _opt(short, long, dest, **kw):
 RUN_OPTIONS = [
     _opt("-m", "--model", "model", default=DEFAULT_MODEL, show_default=True,
          help="Model folder or hub id (diffusers layout), or 'demo' (tiny random-weight model, offline)."),
-    _opt("-p", "--prompt", "prompt", required=True, help="Text prompt."),
+    _opt("-p", "--prompt", "prompt", default=None,
+         help="Text prompt (required unless --prompts-file gives the prompts)."),
     _opt("-t", "--times", "times", type=int, default=1, show_default=True,
          help="Number of chunks (each continues from the last frames of the previous); 0 = until stopped."),
     _opt("-o", "--output-dir", "output_dir", default="./output", show_default=True, help="Where the mp4 goes."),
@@ -173,9 +177,34 @@ RUN_OPTIONS = [
     _opt(None, "--duration", "duration", type=float, default=None, help="Stop after so many seconds from the first frame."),
     _opt(None, "--ring-frames", "ring_frames", type=int, default=64, show_default=True,
          help="Frames the shared-memory ring holds between generation and the sinks."),
+    # prompt schedules and live control (prompts.py, control.py)
+    _opt(None, "--prompts-file", "prompts_file", default=None, metavar="FILE",
+         help="One prompt per line (optional 'PROMPT | NEGATIVE', optional mm:ss stamps); overrides -p."),
+    _opt(None, "--prompts-interval", "prompts_interval", type=int, default=None, metavar="N",
+         help="Chunks per prompt of --prompts-file, blending into the next (default 4; not with stamps)."),
+    _opt(None, "--loop-prompts", "loop_prompts", is_flag=True, help="Start --prompts-file over after its last prompt."),
+    _opt(None, "--control", "control", default=None, metavar="ADDR",
+         help="Take live JSON commands on this ZeroMQ address, e.g. tcp://127.0.0.1:5557 (loopback only)."),
+    _opt(None, "--control-allow-remote", "control_allow_remote", is_flag=True,
+         help="Accept a non-loopback --control address (anyone reaching it can steer and stop the run)."),
 ]
 
-STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames")
+STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames", "control", "control_allow_remote")
+PROMPT_OPTIONS = ("prompts_file", "prompts_interval", "loop_prompts")
+
+
+def schedule_from_options(options: dict):
+    """--prompts-file/--prompts-interval/--loop-prompts -> a PromptSchedule or None (ConfigError when
+    the file is bad or the other two come without it)."""
+    from .prompts import PromptSchedule
+
+    path, interval, loop = (options[k] for k in PROMPT_OPTIONS)
+    if path is None:
+        if interval is not None or loop:
+            flag = "--prompts-interval" if interval is not None else "--loop-prompts"
+            raise ConfigError(f"{flag}: needs --prompts-file FILE")
+        return None
+    return PromptSchedule.from_file(path, interval=interval, loop=loop)
 
 
 def config_from_options(options: dict) -> GenerationConfig:
@@ -216,6 +245,11 @@ def _run(**options) -> None:
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
         options["times"] = 0
+    schedule = schedule_from_options({k: options.pop(k) for k in PROMPT_OPTIONS})
+    if options["prompt"] is None:
+        if schedule is None:
+            raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
+        options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     config = resolve_seed(config_from_options(options))
     try:
         os.makedirs(config.output_dir, exist_ok=True)
@@ -224,7 +258,7 @@ def _run(**options) -> None:
     stem = output_stem(config)
     path = os.path.join(config.output_dir, stem + ".mp4")
     save_init_to = os.path.join(config.output_dir, stem + "_init.png") if config.save_init else None
-    status = run_loop(config, path, save_init_to=save_init_to, **stream)
+    status = run_loop(config, path, save_init_to=save_init_to, schedule=schedule, **stream)
     if not stream["sinks"] and os.path.exists(path):
         click.echo(path)  # only for the default file sink: with --sink, stdout may carry the video
     if status:
@@ -238,9 +272,11 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 
 def _add_subcommands() -> None:
+    from .control import control_command
     from .zmq import subscribe_command
 
     main.add_command(subscribe_command)
+    main.add_command(control_command)
 
 
 _add_subcommands()

@@ -26,6 +26,14 @@ How a run goes
        ring holds for them, every sink is closed, the producer process is joined (killed after
        `stop_grace`) and the shared memory is unlinked. Teardown runs on every path.
 
+Prompt schedules and live control (prompts.py, control.py): `options.schedule` (a prompt file) goes to
+the producer's source; with `options.control` a `ControlServer` answers JSON commands on a loopback
+socket. Settings changes travel to the producer through an `UpdateChannel` and apply at the chunk the
+answer names; pause/resume are flags the producer reads at chunk boundaries (while paused no chunk
+starts; paced sinks such as RTMP repeat the last frame, so the stream stays up); `stop` ends the run
+after the chunk in progress (like the end of `--times`, exit 0); `status` answers the status line's
+figures plus the current prompt and what is scheduled.
+
 Signals: `run` installs SIGINT/SIGTERM handlers only while it runs, and only from the main thread
 (restored afterwards). The first signal starts the graceful stop; a second forces a fast one: readers
 stop at once (frames still in the ring are dropped), sinks are closed, the producer is killed.
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing as mp
 import signal
 import sys
 import threading
@@ -47,8 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, TextIO, Union
 
 from .config import GenerationConfig
+from .control import ControlServer, LiveController, check_control_address
 from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
+from .prompts import LiveSettings, PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout
 from .sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status
@@ -74,6 +85,10 @@ class RuntimeOptions:
     drain_timeout: seconds the sinks get to drain after a stop before the exit is forced; None waits.
     source: the chunk source "module:function" run in the producer (see producer.py).
     source_kwargs: keyword arguments for the source (picklable values).
+    schedule: a prompt file's `PromptSchedule` (`--prompts-file`); it takes precedence over the
+        config's prompt. Picklable: it travels to the producer process.
+    control: bind address of the control socket (`--control`, e.g. tcp://127.0.0.1:5557), or None.
+    control_allow_remote: accept a non-loopback control address (`--control-allow-remote`).
     """
 
     duration: Optional[float] = None
@@ -83,6 +98,9 @@ class RuntimeOptions:
     drain_timeout: Optional[float] = None
     source: str = DEFAULT_SOURCE
     source_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    schedule: Optional[PromptSchedule] = None
+    control: Optional[str] = None
+    control_allow_remote: bool = False
 
     def __post_init__(self) -> None:
         if self.duration is not None and not (isinstance(self.duration, (int, float)) and self.duration > 0):
@@ -99,6 +117,12 @@ class RuntimeOptions:
         if not isinstance(self.source_kwargs, Mapping):
             raise ConfigError(f"source_kwargs: got {self.source_kwargs!r}; use a mapping of keyword arguments")
         object.__setattr__(self, "source_kwargs", dict(self.source_kwargs))
+        if self.schedule is not None and not isinstance(self.schedule, PromptSchedule):
+            raise ConfigError(f"schedule: got {type(self.schedule).__name__}; use a PromptSchedule or None")
+        if not isinstance(self.control_allow_remote, bool):
+            raise ConfigError(f"--control-allow-remote: got {self.control_allow_remote!r}; use True or False")
+        if self.control is not None:
+            check_control_address(self.control, self.control_allow_remote)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":
@@ -221,18 +245,30 @@ class _Run:
         self.producer_error: Optional[tuple[str, str, bool]] = None
         self.producer_finished = False
         self.last_status = time.monotonic()
+        self.abandon = False  # the producer was told to stop now (not only at the next chunk boundary)
+        self.channel: Optional[UpdateChannel] = None
+        self.controller: Optional[LiveController] = None
+        self.server: Optional[ControlServer] = None
 
-    # -- stop requests (main thread and signal handlers) ----------------------------------------
-    def request_stop(self, reason: str) -> None:
+    # -- stop requests (main thread, signal handlers, control thread) ---------------------------
+    def request_stop(self, reason: str, finish_chunk: bool = False) -> None:
+        """Start the graceful stop. `finish_chunk` (the control `stop`): no chunk starts any more, but
+        the one being computed is finished and written, like the end of `--times`. Otherwise (signals,
+        --duration, a sink) that chunk is abandoned; a later plain request upgrades a finishing stop."""
+        if self.channel is not None:
+            self.channel.stop()
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_at = time.monotonic()
+        if not finish_chunk and not self.abandon:
+            self.abandon = True
             self.stop_at = time.monotonic()
             if self.producer is not None:
                 self.producer.stop()
 
     def on_signal(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
-        if self.stop_reason is None:
+        if not self.abandon:
             self.request_stop(name)
             self.log(f"{name}: stopping, the sinks drain what the ring holds (again to force)")
         elif not self.force.is_set():
@@ -247,7 +283,12 @@ class _Run:
             self.runners = [
                 _SinkRunner(s, self.ring, self.ring.add_reader(s.policy), self.abort, self.log) for s in self.sinks
             ]
-            self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs)
+            ctx = mp.get_context("spawn")
+            self.channel = UpdateChannel(ctx)
+            self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs,
+                                     ctx=ctx, schedule=opts.schedule, channel=self.channel)
+            if opts.control is not None:
+                self._start_control()
             if self.stop_reason is not None:  # a signal arrived while setting up
                 return EXIT_OK
             self.producer.start()
@@ -283,7 +324,7 @@ class _Run:
                 self.stop_reason is not None and not producer.is_alive()
             ):
                 return  # ended before the first frame
-            if self.stop_reason is not None:
+            if self.stop_reason is not None and self.abandon:  # a finishing stop ends like --times
                 waited = now - self.stop_at
                 if not ring.closed and waited > self.options.stop_grace:
                     ring.close()  # the producer did not finish its chunk in time
@@ -332,11 +373,64 @@ class _Run:
             self.producer_error = ("ProducerDied", f"exit code {code}", True)
             self.log(f"producer process died unexpectedly (exit code {code})")
 
+    # -- live control ----------------------------------------------------------------------------
+    def _start_control(self) -> None:
+        """Bind the control socket (ConfigError when refused or taken: before any model work)."""
+        schedule = self.options.schedule
+        self.controller = LiveController(self.channel, LiveSettings.from_config(self.config, schedule))
+        self.server = ControlServer(self.options.control, allow_remote=self.options.control_allow_remote,
+                                    on_update=self._on_control_update, on_stop=self._on_control_stop,
+                                    on_status=self.status_fields)
+        self.server.start()
+        logging.getLogger(__name__).info("control socket on %s", self.server.address)
+
+    def _on_control_update(self, update: dict) -> dict:
+        answer = self.controller.on_update(update)
+        self.log(f"control: {update['command']} applies at chunk {answer['applies_at_chunk']}")
+        return answer
+
+    def _on_control_stop(self) -> dict:
+        at = self.channel.stop()
+        self.request_stop("control", finish_chunk=True)
+        self.log(f"control: stop; chunk {at} and later will not be made, the sinks finish their files")
+        return {"applies_at_chunk": at}
+
+    def status_fields(self) -> dict:
+        """The status line's figures as a dict, plus the live settings of the chunk in progress
+        (`current_chunk`: the last chunk started) and the scheduled prompt changes."""
+        stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
+        ring = self.ring
+        sinks = []
+        for r in self.runners:
+            st = r.status()
+            sinks.append({"name": st.name, "frames": st.written, "skipped": st.skipped, "state": st.state,
+                          **dict(st.extra)})
+        fields = {
+            "elapsed": round(time.monotonic() - (self.first_frame_at or self.started), 3),
+            "chunks_made": stats["chunks"],
+            "frames_made": stats["frames"],
+            "gen_fps": round(stats["gen_fps"], 3),
+            "out_fps": float(self.config.fps),
+            "ring_fill": ring.fill() if ring is not None and self.first_frame_at is not None else 0,
+            "ring_slots": self.options.ring_frames,
+            "skipped": {s["name"]: s["skipped"] for s in sinks},
+            "sinks": sinks,
+            "stopping": self.stop_reason is not None,
+        }
+        if self.controller is not None:
+            current = max(self.channel.state()["next_chunk"] - 1, 0)
+            start_time = current * self.config.num_frames / self.config.fps
+            fields.update(self.controller.status_fields(current, start_time))
+            fields["current_chunk"] = current
+        return fields
+
     def _teardown(self) -> None:
         """Always runs: stop reading, close every sink, end the producer, unlink the ring."""
         forced = self.force.is_set()
         if forced:
             self.abort.set()
+        if self.server is not None:
+            self.server.close()
         try:
             if self.ring is not None:
                 self.ring.close()
@@ -359,6 +453,8 @@ class _Run:
                     if self.first_frame_at is not None:
                         self.log(self._status_line("end"))
                     self.ring.destroy()
+                if self.channel is not None:
+                    self.channel.close()
 
     def _status_line(self, label: str) -> str:
         stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
