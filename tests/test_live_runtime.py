@@ -136,3 +136,26 @@ def test_control_socket_steers_a_forever_run(tmp_path):
     assert _decode_count(mp4) == end * F  # every generated frame, playable
     assert _decode_count(ts) > end * F  # plus the frames held during the pause
     assert_no_children("ffmpeg")
+
+
+def test_a_taken_control_address_is_a_config_error_before_anything_runs(tmp_path):
+    import zmq
+
+    from continuityseq_stream.config import GenerationConfig
+    from continuityseq_stream.errors import ConfigError
+    from continuityseq_stream.runtime import RuntimeOptions, run
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with pytest.raises(ConfigError, match="--control: cannot bind"):
+            run(GenerationConfig(prompt="x", width=W, height=H, num_frames=F, times=1), [f"file:{tmp_path / 'o.mp4'}"],
+                RuntimeOptions(source=SOURCE, status_interval=0, control=f"tcp://127.0.0.1:{port}"))
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert not (tmp_path / "o.mp4").exists()
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        RuntimeOptions(control="tcp://0.0.0.0:5557")
+    assert RuntimeOptions(control="tcp://0.0.0.0:5557", control_allow_remote=True).control == "tcp://0.0.0.0:5557"
