@@ -89,6 +89,9 @@ class Producer:
 
     config: what to generate. ring: a `FrameRing` created in this process (the child writes to it).
     source / source_kwargs: the chunk source (see the module docstring).
+    schedule / channel: live control handed to the source: a `PromptSchedule` (picklable) and an
+        `UpdateChannel` made with the same multiprocessing context as `ctx` (it must reach the child
+        as a process argument).
     """
 
     def __init__(

@@ -12,7 +12,8 @@ The one entry point the CLI and the producer process share. It
 4. loads the pipeline (and with `-u` the latent upscaler), builds the original's conditioning
    policy (k uniform in [CN, CX]) with a `random.Random(seed)`, and a CPU `torch.Generator(seed)`
    for all noise;
-5. yields `Chunk`s, `times` of them (0 = forever).
+5. yields `Chunk`s, `times` of them (0 = forever), each with the settings `LiveSettings` gives it
+   (the config's values < a prompt file's schedule < live updates; see prompts.py).
 
 Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError`s.
 """
