@@ -2,10 +2,10 @@
 
     python -m continuityseq_stream.train --work /tmp/demo-train --out continuityseq_stream/data/demo
 
-Two stages, each resumable from its last checkpoint in `--work` (re-run the same command):
+Three stages, each resumable from its last checkpoint in `--work` (re-run the same command):
 
-1. **VAE** (`AutoencoderKL`, 4 down blocks = the 8x factor of SD VAEs): reconstruction (L1 + MSE) plus
-   a small KL term on single frames of `synthetic.make_clips`. Its `scaling_factor` is set to
+1. **VAE** (`AutoencoderKL`, 4 down blocks = the 8x factor of SD VAEs): reconstruction (L1 + MSE) of
+   the posterior mean plus a small KL term on single frames of `synthetic.make_clips`. Its `scaling_factor` is set to
    1 / std of the training latents (the role 0.18215 plays for SD).
 2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (ARCHITECTURE.md §9): clips of
    `max_cond + frames` latent frames; per batch k is uniform in [1, max_cond]; the k frames before the
@@ -14,6 +14,9 @@ Two stages, each resumable from its last checkpoint in `--work` (re-run the same
    noise. Text: a frozen, randomly initialised tiny CLIP text encoder over a word-level vocabulary of
    the caption grammar (made locally); 10 % of prompts are dropped to "" for classifier-free guidance.
    Weights are averaged (EMA) and the EMA is what is saved.
+3. **Decoder refinement**: the VAE decoder alone is fine-tuned on the frozen encoder's latents, with
+   object pixels weighted up. The encoder (so the latent space the UNet learned) does not change, so
+   this stage may run beside stage 2 (`--stage decoder` and `--stage unet`).
 
 The result is a diffusers-layout folder (`model_index.json`, `scheduler/`, `tokenizer/`,
 `text_encoder/`, `vae/`, `unet/`, fp16 safetensors) that `ContinuitySeqPipeline.from_pretrained` loads.
@@ -43,7 +46,8 @@ from . import synthetic
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "make_word_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
-           "encode_captions", "vae_loss", "unet_loss", "train_vae", "train_unet", "save_pipeline_folder", "main"]
+           "encode_captions", "vae_loss", "unet_loss", "object_mask", "train_vae", "train_unet", "train_decoder",
+           "save_pipeline_folder", "main"]
 
 TEXT_DIM = 32
 
@@ -60,11 +64,16 @@ class TrainConfig:
     vae_channels: tuple = (16, 32, 64, 64)
     vae_groups: int = 8
     vae_clips: int = 400
-    vae_steps: int = 400
+    vae_steps: int = 800
     vae_batch: int = 24
     vae_lr: float = 2e-3
-    vae_kl: float = 1e-5
-    vae_minutes: float = 9.0
+    vae_kl: float = 1e-4
+    vae_minutes: float = 12.0
+    # decoder refinement (encoder frozen, so the UNet's latent space does not move)
+    decoder_steps: int = 1500
+    decoder_lr: float = 1e-3
+    decoder_minutes: float = 15.0
+    object_weight: float = 4.0
     # UNet
     unet_channels: tuple = (32, 64)
     unet_groups: int = 16
@@ -191,10 +200,17 @@ def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
-    """L1 + MSE reconstruction of a posterior sample, plus `kl_weight` x mean KL."""
+def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, generator: torch.Generator,
+             sample_scale: float = 0.0) -> torch.Tensor:
+    """L1 + MSE reconstruction plus `kl_weight` x mean KL.
+
+    The decoder reconstructs the posterior mean (+ `sample_scale` x its noise): the pipeline encodes
+    with the mean, and the full posterior noise of an untrained encoder (std ~1) makes a tiny VAE
+    learn only blurred blobs within a CPU budget. The KL term keeps the latents bounded."""
     posterior = vae.encode(pixels).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    z = posterior.mean
+    if sample_scale:
+        z = z + sample_scale * posterior.std * torch.randn(posterior.mean.shape, generator=generator)
     recon = vae.decode(z).sample
     return F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + kl_weight * posterior.kl().mean() / z[0].numel()
 
@@ -290,6 +306,62 @@ def encode_clips(vae, clips, batch: int = 256) -> torch.Tensor:
     z = torch.cat([vae.encode(frames_to_pixels(flat[i:i + batch])).latent_dist.mean
                    for i in range(0, len(flat), batch)]) * vae.config.scaling_factor
     return z.reshape(n, t, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+# -- stage 3: decoder refinement ----------------------------------------------------------------
+def object_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """`[N, 1, H, W]` 1 where a pixel differs from its frame's median colour (the background)."""
+    bg = pixels.flatten(2).median(dim=2).values[..., None, None]
+    return ((pixels - bg).abs().amax(dim=1, keepdim=True) > 0.05).float()
+
+
+def train_decoder(cfg: TrainConfig, work: Path, vae, log=print):
+    """Fine-tune the VAE decoder on the frozen encoder's latents (or resume); returns the VAE.
+
+    Reconstruction error is weighted 1 + `object_weight` on object pixels (the object is ~10 % of a
+    frame and is what the demo is about). Run after (or beside) the UNet stage: the latent space,
+    hence the UNet, is unchanged.
+    """
+    ckpt_path = work / "decoder.pt"
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 32)
+    step, done = 0, False
+    state = _load_checkpoint(ckpt_path)
+    if state:
+        vae.decoder.load_state_dict(state["decoder"]); vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
+        opt.load_state_dict(state["opt"]); rng.bit_generator.state = state["rng"]
+        step, done = state["step"], state.get("done", False)
+        log(f"decoder: resumed at step {step}{' (done)' if done else ''}")
+    if not done and step < cfg.decoder_steps:
+        clips = synthetic.make_clips(cfg.vae_clips, 8, cfg.seed + 1, cfg.size)
+        pixels = frames_to_pixels(np.concatenate([c.frames for c in clips]))
+        with torch.no_grad():
+            z = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+            weights = 1.0 + cfg.object_weight * object_mask(pixels)
+    start, losses = time.monotonic(), []
+    vae.decoder.train()
+    while not done and step < cfg.decoder_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.decoder_steps, cfg.decoder_lr)
+        idx = torch.from_numpy(rng.integers(0, len(z), cfg.vae_batch))
+        recon = vae.decode(z[idx]).sample
+        err = (recon - pixels[idx]).abs() + (recon - pixels[idx]) ** 2
+        loss = (err * weights[idx]).mean() / weights[idx].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        out_of_time = time.monotonic() - start > cfg.decoder_minutes * 60
+        if step % cfg.checkpoint_every == 0 or step >= cfg.decoder_steps or out_of_time:
+            done = step >= cfg.decoder_steps or out_of_time
+            _save_checkpoint(ckpt_path, decoder=vae.decoder.state_dict(), post_quant_conv=vae.post_quant_conv.state_dict(),
+                             opt=opt.state_dict(), rng=rng.bit_generator.state, step=step, done=done)
+            log(f"decoder: step {step} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f} "
+                f"({time.monotonic() - start:.0f}s)")
+    return vae.eval()
 
 
 # -- stage 2: UNet ------------------------------------------------------------------------------
@@ -390,9 +462,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="diffusers-layout output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--stage", choices=("all", "unet", "decoder"), default="all",
+                   help="run only the UNet or the decoder stage (after the VAE; they are independent and may "
+                        "run side by side); 'all' also writes --out")
     for name in ("vae_steps", "vae_batch", "vae_clips", "unet_steps", "unet_batch", "unet_clips", "frames", "max_cond", "size"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(TrainConfig, name))
-    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr"):
+    p.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
+    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr", "decoder_minutes"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(TrainConfig, name))
     p.add_argument("--unet-channels", default=",".join(map(str, TrainConfig.unet_channels)))
     p.add_argument("--vae-channels", default=",".join(map(str, TrainConfig.vae_channels)))
@@ -410,7 +486,13 @@ def main(argv=None) -> int:
     vae = train_vae(cfg, work, log)
     tokenizer = make_word_tokenizer()
     text_encoder = make_text_encoder(len(tokenizer), cfg.seed + 3)
-    unet = train_unet(cfg, work, vae, tokenizer, text_encoder, log)
+    if args.stage in ("all", "unet"):
+        unet = train_unet(cfg, work, vae, tokenizer, text_encoder, log)
+    if args.stage in ("all", "decoder"):
+        vae = train_decoder(cfg, work, vae, log)
+    if args.stage != "all":
+        log(f"stage {args.stage} finished ({time.monotonic() - t0:.0f}s)")
+        return 0
     meta = {"config": asdict(cfg), "wall_seconds_this_run": round(time.monotonic() - t0, 1)}
     save_pipeline_folder(Path(args.out), unet, vae, text_encoder, tokenizer, meta)
     log(f"saved {args.out} ({time.monotonic() - t0:.0f}s this run)")

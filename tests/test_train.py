@@ -13,7 +13,7 @@ from continuityseq_stream import synthetic, train
 def _tiny_cfg(**kw):
     base = dict(vae_channels=(8, 16, 16, 16), vae_groups=8, unet_channels=(32, 32), unet_groups=8,
                 frames=2, max_cond=2, vae_clips=2, unet_clips=4, vae_steps=2, unet_steps=2, vae_batch=4,
-                unet_batch=2, checkpoint_every=1)
+                unet_batch=2, checkpoint_every=1, decoder_steps=2)
     base.update(kw)
     return train.TrainConfig(**base)
 
@@ -77,6 +77,13 @@ def test_unet_steps_reduce_the_loss():
     assert after < 0.9 * before, (before, after)
 
 
+def test_object_mask_marks_the_shape_only():
+    clip = synthetic.make_clips(1, 1, seed=0)[0]
+    mask = train.object_mask(train.frames_to_pixels(clip.frames))
+    area = mask.sum().item()
+    assert 0.03 * 32 * 32 < area < 0.3 * 32 * 32
+
+
 def test_lr_schedule_is_a_function_of_the_step():
     assert train._lr(0, 100, 1.0) == pytest.approx(1 / 50)
     assert train._lr(50, 100, 1.0) == pytest.approx(1.0)
@@ -97,6 +104,11 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     messages = []
     train.train_unet(cfg2, tmp_path, vae, tok, enc, log=messages.append)
     assert any("resumed at step 2" in m for m in messages)
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    vae = train.train_decoder(cfg, tmp_path, vae, log=lambda m: None)
+    assert torch.load(tmp_path / "decoder.pt", weights_only=False)["step"] == 2
+    for k, v in vae.encoder.state_dict().items():  # the UNet's latent space is untouched
+        assert torch.equal(v, encoder_before[k]), k
     folder = train.save_pipeline_folder(tmp_path / "out", unet, vae, enc, tok, {"test": True})
     assert json.loads((folder / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
     pipe = ContinuitySeqPipeline.from_pretrained(str(folder))
@@ -105,3 +117,23 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     out = pipe("a red circle moving left on a gray background", image=frame, times=2, num_frames=2,
                num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (4, 32, 32, 3) and out.frames.dtype == np.uint8
+
+
+@pytest.mark.skipif(__import__("continuityseq_stream.demo_model", fromlist=["x"]).trained_demo_path() is None,
+                    reason="no trained demo weights shipped in continuityseq_stream/data/demo")
+def test_shipped_demo_loads_through_the_pipeline_and_draws_the_prompt():
+    from continuityseq_stream import demo_model, metrics
+    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+
+    folder = demo_model.trained_demo_path()
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 10_000_000
+    pipe = ContinuitySeqPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == torch.float32  # fp16 files, loaded as float32 on the CPU
+    prompt = demo_model.EXAMPLE_PROMPTS[0]
+    s = demo_model.DEMO_SETTINGS
+    out = pipe(prompt, image=demo_model.demo_init_frame(prompt, 0), times=2, num_frames=s["num_frames"],
+               num_inference_steps=10, guidance_scale=s["guidance_scale"], generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (8, 32, 32, 3) and out.frames.dtype == np.uint8
+    tr = metrics.track(out.frames)
+    assert tr.found.mean() > 0.5  # an object is there, not noise
