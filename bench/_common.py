@@ -1,0 +1,60 @@
+"""Helpers shared by the bench scripts: medians, the machine load, a demo-model CLI command line.
+
+Nothing here changes global state at import. The scripts run each measurement in fresh
+subprocesses where the figure depends on process start-up or thread settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def load() -> str:
+    """The 1-minute load average, to print beside every figure (the machine is shared)."""
+    try:
+        return f"load {os.getloadavg()[0]:.2f}/{os.cpu_count()} cpus"
+    except OSError:
+        return "load n/a"
+
+
+def bench_env(threads: int, cache: str | None = None) -> dict:
+    """Environment for a measured subprocess: offline, `threads` intra-op threads (OpenMP/MKL), and
+    optionally a private demo-model cache (`XDG_CACHE_HOME`)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONUNBUFFERED="1")
+    if cache:
+        env["XDG_CACHE_HOME"] = cache
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_command(*, width: int, height: int, frames: int, steps: int, times: int, seed: int = 7,
+                guidance: float = 7.5, extra=()) -> list[str]:
+    """The real CLI (`python -m continuityseq_stream.cli`) on the tiny demo model."""
+    return [PYTHON, "-m", "continuityseq_stream.cli", "--model", "demo", "--model-2d", "demo",
+            "--prompt", "a red ball bouncing", "-T", str(frames), "-WI", str(width), "-HI", str(height),
+            "-s", str(steps), "-g", str(guidance), "-r", str(seed), "-t", str(times), "-f", "16", *extra]
+
+
+def warm_demo_cache(env: dict) -> None:
+    """Build the demo model folders once, so no measured run pays for it."""
+    import subprocess
+
+    code = ("from continuityseq_stream import tiny; tiny.demo_model_path(); tiny.demo_2d_model_path()")
+    subprocess.run([PYTHON, "-c", code], env=env, check=True, capture_output=True)

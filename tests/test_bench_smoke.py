@@ -1,0 +1,57 @@
+"""Every bench script runs in its tiny `--quick` mode and prints its figure line.
+
+The model-free and in-process ones are quick; the three that start the real CLI (time to first
+frame, streaming overhead, memory) take 10-30 s each on 2 cores and are marked slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(name: str, *args: str, timeout: float = 180) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(BENCH / f"bench_{name}.py"), "--quick", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_transport_quick():
+    out = run_bench("transport")
+    assert out.startswith("transport fps")
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == "576x320" and float(row[1]) > 0 and float(row[2]) > 0
+
+
+def test_bench_model_quick():
+    out = run_bench("model")
+    assert "tiny 64x64x8" in out and "forward" in out and "max|diff| 0.0e+00" in out
+
+
+def test_bench_overlap_quick():
+    out = run_bench("overlap")
+    assert out.startswith("overlap (1 thread(s))") and "identical" in out
+
+
+@pytest.mark.slow
+def test_bench_ttff_quick():
+    assert run_bench("ttff").startswith("ttff: --times 1 ")
+
+
+@pytest.mark.slow
+def test_bench_overhead_quick():
+    assert run_bench("overhead").startswith("overhead: chunks 1..2 bare ")
+
+
+@pytest.mark.slow
+def test_bench_memory_quick():
+    out = run_bench("memory")
+    assert out.startswith("memory: RSS main ") and "exit status 0" in out
