@@ -16,3 +16,17 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR
+
+
+@pytest.fixture(autouse=True)
+def _isolated_package_logger():
+    """The CLI installs a stderr handler on the package logger when a run starts; restore the logger
+    after each test so one test's handler cannot write into another test's captured stderr."""
+    import logging
+
+    log = logging.getLogger("continuityseq_stream")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]

@@ -299,7 +299,7 @@ def _read_main(argv: list[str]) -> None:
     ap.add_argument("--reconnect", action="store_true")
     a = ap.parse_args(argv)
     end = time.monotonic() + a.deadline
-    result = {"segments": [], "width": None, "height": None, "rate": None, "means": [], "times": [],
+    result = {"segments": [], "width": None, "height": None, "rate": None, "means": [], "times": [], "pts": [],
               "first_frame_s": None, "errors": []}
     t0 = time.monotonic()
     total = 0
@@ -318,6 +318,8 @@ def _read_main(argv: list[str]) -> None:
                     rgb = frame.to_ndarray(format="rgb24")
                     result["means"].append([round(float(v), 1) for v in rgb.reshape(-1, 3).mean(0)])
                     result["times"].append(round(time.monotonic() - t0, 3))
+                    if frame.time is not None:
+                        result["pts"].append(round(float(frame.time), 4))
                     count += 1
                     total += 1
                     if total >= a.frames or time.monotonic() >= end:

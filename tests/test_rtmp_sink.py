@@ -47,8 +47,10 @@ def test_stream_reads_back_with_size_rate_count_and_colour(nginx, tmp_path):
     assert sink.policy == "block"
     with sink:
         sink.open(StreamInfo(W, H, FPS))
+        start = time.monotonic()
         for i in range(n):
             sink.write(_solid(), FrameMeta(i, i // 8, i / FPS, "p"))
+    elapsed = time.monotonic() - start  # close() drains at the output rate
     got = reader.result()
     assert got["frames"] >= n, got["errors"]
     assert (got["width"], got["height"]) == (W, H)
@@ -57,12 +59,21 @@ def test_stream_reads_back_with_size_rate_count_and_colour(nginx, tmp_path):
         assert np.allclose(mean, COLOUR, atol=6), mean  # x264 yuv420p round trip of a solid colour
     stats = sink.stats()
     assert stats["sent"] == n and stats["dropped"] == 0 and stats["reconnects"] == 0
-    # frames arrive in real time: after the reader's start-up burst, about one per 1/fps
-    times = got["times"][-20:]
-    interval = (times[-1] - times[0]) / (len(times) - 1)
-    assert interval == pytest.approx(1 / FPS, rel=0.25), interval
-    print(f"pacing: mean arrival interval {interval * 1000:.1f} ms at {FPS:g} fps")
+    # paced in real time by the sink's clock (frames written much faster than 10 fps), and a
+    # constant frame rate in the stream
+    assert n / elapsed == pytest.approx(FPS, rel=0.15), elapsed
+    _assert_constant_rate(got["pts"])
+    print(f"pacing: {n} frames in {elapsed:.2f} s at {FPS:g} fps")
     assert "libx264" in (tmp_path / "ffmpeg.log").read_text()
+
+
+def _assert_constant_rate(pts: list) -> None:
+    """Constant frame rate in the stream itself: consecutive timestamps 1/fps apart. (Arrival times
+    at the reader are not used: on a busy 2-core machine the reader process falls behind and then
+    decodes its backlog in a burst.)"""
+    assert len(pts) > 10, pts
+    steps = np.diff(np.asarray(pts))
+    assert np.allclose(steps, 1 / FPS, atol=0.002), steps
 
 
 def test_slow_writer_gets_repeated_frames_at_constant_rate(nginx):
@@ -82,10 +93,9 @@ def test_slow_writer_gets_repeated_frames_at_constant_rate(nginx):
         stats = sink.stats()
     got = reader.result()
     assert stats["repeated"] >= 15, stats  # about 6 of every 10 ticks had no new frame
-    assert stats["sent"] >= 35 and slowest < 0.5
-    assert got["frames"] >= 35, got  # about 10 fps for 4 s, though only 16 frames were written
-    times = got["times"][-15:]
-    assert (times[-1] - times[0]) / (len(times) - 1) == pytest.approx(1 / FPS, rel=0.25)
+    assert 35 <= stats["sent"] <= 45 and slowest < 0.5  # 10 fps for 4 s
+    assert got["frames"] >= 35, got  # though only 16 frames were written
+    _assert_constant_rate(got["pts"])
 
 
 def test_server_restart_mid_run_resumes_and_never_blocks_writes(nginx):
