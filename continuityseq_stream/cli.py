@@ -240,7 +240,7 @@ def _setup_logging() -> None:
 def _run(**options) -> None:
     """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
     _setup_logging()
-    from .session import resolve_seed
+    from .session import preflight, resolve_seed
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
@@ -251,6 +251,7 @@ def _run(**options) -> None:
             raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     config = resolve_seed(config_from_options(options))
+    preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:
         os.makedirs(config.output_dir, exist_ok=True)
     except OSError as e:

@@ -36,7 +36,7 @@ from .prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_stream", "resolve_runtime", "Runtime", "resolve_seed"]
+__all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -114,6 +114,23 @@ def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
         # a real text-to-image model uses its own default number of steps; the demo one is noise anyway
         num_inference_steps=config.num_steps if config.model_2d == "demo" else None,
     )
+
+
+def preflight(config: GenerationConfig) -> None:
+    """The cheap checks of `open_stream`, for the main process before the producer is started.
+
+    Bad input (device, dtype, attention kernel, init image or video, a model path that does not exist
+    or a hub id that cannot be had) then fails in about a second with one line, instead of after a
+    producer process has started and imported the model stack. `open_stream` repeats them (it is
+    also used on its own). The demo model is not built here.
+    """
+    from .pipeline import resolve_pretrained_path
+    from .tiny import DEMO_NAME
+
+    resolve_runtime(config)
+    _init_pixels(config)
+    if config.model != DEMO_NAME:
+        resolve_pretrained_path(config.model)
 
 
 def open_stream(
