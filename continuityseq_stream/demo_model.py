@@ -32,7 +32,7 @@ _PARTS = ("model_index.json", "scheduler", "tokenizer", "text_encoder", "vae", "
 
 #: settings the demo model was trained for / evaluated with (pipeline.stream keyword names)
 DEMO_SETTINGS = dict(height=32, width=32, num_frames=4, min_conditioning_frames=1, max_conditioning_frames=4,
-                     guidance_scale=3.0, num_inference_steps=20)
+                     guidance_scale=7.0, num_inference_steps=20)
 TRAINED_DEMO_LABEL = (
     "demo model: tiny ContinuitySeq trained on synthetic moving shapes (32x32, 4 frames per chunk); "
     "prompts like 'a red circle moving left on a gray background'"

@@ -137,3 +137,22 @@ def test_shipped_demo_loads_through_the_pipeline_and_draws_the_prompt():
     assert out.frames.shape == (8, 32, 32, 3) and out.frames.dtype == np.uint8
     tr = metrics.track(out.frames)
     assert tr.found.mean() > 0.5  # an object is there, not noise
+
+
+def test_demo_init_frame_draws_the_prompt():
+    from continuityseq_stream import demo_model, metrics
+
+    frame = demo_model.demo_init_frame("a blue square moving up on a black background", seed=3)
+    tr = metrics.track(frame[None])
+    assert frame.shape == (32, 32, 3)
+    assert metrics.classify_colour(tr.colour[0]) == "blue" and metrics.classify_shape(tr.fill[0]) == "square"
+    assert demo_model.demo_init_frame("free text", seed=3).shape == (32, 32, 3)
+
+
+def test_demo_model_path_falls_back_to_the_random_tiny_model(monkeypatch, tmp_path):
+    from continuityseq_stream import demo_model, tiny
+
+    monkeypatch.setattr(demo_model, "TRAINED_DEMO_DIR", tmp_path / "absent")
+    monkeypatch.setattr(tiny, "demo_model_path", lambda: tmp_path / "tiny")
+    assert demo_model.trained_demo_path() is None
+    assert demo_model.demo_model_path() == tmp_path / "tiny"
