@@ -73,7 +73,8 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
     """A local folder, the demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
 
     `demo` says which tiny model the name "demo" means: "video" (ContinuitySeq), "2d" (text-to-image)
-    or "upscaler" (x2 latent upscaler).
+    or "upscaler" (x2 latent upscaler). "demo-trained" is the small ContinuitySeq trained on
+    synthetic moving shapes that ships inside the package (`demo_model.py`).
     Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
     path, or a hub id that is not cached while offline).
     """
@@ -83,6 +84,14 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
 
         build = {"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}.get(demo, tiny.demo_model_path)
         return str(build())
+    if name == "demo-trained" and demo == "video":
+        from .demo_model import trained_demo_path
+
+        path = trained_demo_path()
+        if path is None:
+            raise CheckpointError(f"{flag}: the trained demo weights are not in this installation "
+                                  "(continuityseq_stream/data/demo); use 'demo' (random weights) or a model folder")
+        return str(path)
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
