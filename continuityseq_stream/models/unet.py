@@ -152,7 +152,9 @@ class ContinuitySeqUNet(ModelMixin, ConfigMixin):
         t = _timesteps(timestep, b, x.device)
         # CFG sharing: the conditioning stream depends only on its latents and the timestep, so with
         # one conditioning item and one shared timestep it is computed once and broadcast.
-        shared = y.shape[0] == 1 and (b == 1 or bool((t == t[0]).all()))
+        # A scalar / one-element timestep is shared by construction: no device->host sync per step.
+        one_t = isinstance(timestep, (int, float)) or (torch.is_tensor(timestep) and timestep.numel() == 1)
+        shared = y.shape[0] == 1 and (b == 1 or one_t or bool((t == t[0]).all()))
         if y.shape[0] == 1 and not shared:
             y = y.expand(b, *y.shape[1:])
         cb = 1 if shared else b
