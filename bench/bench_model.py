@@ -17,6 +17,9 @@ Configs (guidance on, so the UNet sees batch 2 = [uncond, cond]; Fc conditioning
 broadcasts it; what the pipeline does). "dup": the same latents duplicated to batch 2 (the original's
 `torch.cat([y] * 2)`). Both give the same noise prediction (max |diff| printed). The full chunk is
 `denoise_chunk` (`--steps` DDIM steps) + `decode_latents` through the tiny VAE, same seed both ways.
+Timing: shared and dup alternate; the figure is the fastest of `--repeats`; on CPU it is the process's
+CPU time (robust on a machine shared with other work; with the default single intra-op thread it is
+the compute time), on GPU the wall time after a synchronize.
 Real-time factor (GPU line) = frames generated per second / output fps (16), UNet steps only.
 """
 
@@ -30,7 +33,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load, median  # noqa: E402
+from _common import load  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(unet={}, text_dim=32, height=64, width=64, frames=8, cond=4),
@@ -74,16 +77,23 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device):
+    """CPU: this process's CPU time (with one intra-op thread that is the compute time, and it is not
+    inflated by other work waiting for the same cores, as wall time is on a shared machine);
+    GPU: wall time (after a synchronize)."""
+    return time.process_time if torch.device(device).type == "cpu" else time.perf_counter
+
+
 def time_calls(fn, repeats: int, device) -> float:
     fn()  # warm-up
     sync(device)
-    times = []
+    times, now = [], clock(device)
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t0)
-    return median(times)
+        times.append(now() - t0)
+    return min(times)
 
 
 def forward_figures(name, unet, device, dtype, repeats) -> dict:
@@ -97,7 +107,7 @@ def forward_figures(name, unet, device, dtype, repeats) -> dict:
         for _ in range(repeats):  # interleave, so load changes hit both alike
             ts.append(time_calls(shared, 1, device))
             td.append(time_calls(dup, 1, device))
-    return {"shared": median(ts), "dup": median(td), "diff": diff}
+    return {"shared": min(ts), "dup": min(td), "diff": diff}
 
 
 def chunk_figures(name, unet, device, dtype, steps, repeats) -> dict:
@@ -134,14 +144,14 @@ def chunk_figures(name, unet, device, dtype, steps, repeats) -> dict:
         return pipe.decode_latents(lat)
 
     diff = (chunk("shared").float() - chunk("dup").float()).abs().max().item()  # also the warm-up
-    ts, td = [], []
+    ts, td, now = [], [], clock(device)
     for _ in range(repeats):
         for label, out in (("shared", ts), ("dup", td)):
-            t0 = time.perf_counter()
+            t0 = now()
             chunk(label)
             sync(device)
-            out.append(time.perf_counter() - t0)
-    return {"shared": median(ts), "dup": median(td), "diff": diff}
+            out.append(now() - t0)
+    return {"shared": min(ts), "dup": min(td), "diff": diff}
 
 
 def compile_figures(name, unet, device, dtype, repeats) -> str:
@@ -150,7 +160,7 @@ def compile_figures(name, unet, device, dtype, repeats) -> str:
     with torch.inference_mode():
         eager = time_calls(lambda: unet(x, y, t, e), repeats, device)
         compiled = torch.compile(unet)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # wall: compilation runs the C++ compiler in subprocesses
         out = compiled(x, y, t, e)
         sync(device)
         first = time.perf_counter() - t0
@@ -186,7 +196,8 @@ def main(argv=None) -> None:
               f"dup ({f['dup'] / f['shared']:.2f}x, max|diff| {f['diff']:.1e}); {args.full_steps} steps/chunk -> "
               f"{fps_gen:.2f} frames/s, real-time factor {fps_gen / 16:.3f} at 16 fps")
         return
-    print(f"model ({where}; CFG on; median of {args.repeats}; {load()})")
+    what = "CPU seconds of this process" if torch.device(args.device).type == "cpu" else "wall seconds"
+    print(f"model ({where}; CFG on; min of {args.repeats}, {what}; {load()})")
     for name in args.configs.split(","):
         spec = CONFIGS[name]
         unet = make_unet(name, args.device, dtype)

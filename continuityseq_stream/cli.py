@@ -169,6 +169,8 @@ RUN_OPTIONS = [
     _opt("-N", "--include-model", "include_model", is_flag=True, help="Put the model name in the file name."),
     _opt("-u", "--upscale", "upscale", is_flag=True, help="x2 latent upscaler per chunk (see --upscaler)."),
     _opt(None, "--upscaler", "upscaler", default=DEFAULT_UPSCALER, show_default=True, help="Latent upscaler model for -u."),
+    _opt(None, "--compile", "compile", is_flag=True,
+         help="torch.compile the UNet: the first chunk waits for the compilation (minutes), later steps run faster."),
     # streaming (runtime.py)
     _opt(None, "--sink", "sinks", multiple=True, metavar="URI",
          help="Where frames go, repeatable: file:PATH, rtmp://..., ffmpeg:URL, zmq+pub://HOST:PORT, "

@@ -56,6 +56,7 @@ FLAG_NAMES = {
     "include_model": "-N/--include-model",
     "upscale": "-u/--upscale",
     "upscaler": "--upscaler",
+    "compile": "--compile",
 }
 
 
@@ -93,6 +94,8 @@ class GenerationConfig:
     include_model: bool = False
     upscale: bool = False
     upscaler: str = DEFAULT_UPSCALER
+    #: torch.compile the UNet (first chunk pays the compilation; bench/bench_model.py --compile)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self._validate()

@@ -179,6 +179,8 @@ def open_stream(
 
     pipe = ContinuitySeqPipeline.from_pretrained(folder, torch_dtype=runtime.dtype, device=runtime.device)
     pipe.unet.set_attention_backend(runtime.attention)
+    if config.compile:
+        pipe.unet.compile()  # in place (nn.Module.compile): the first chunk pays the compilation
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
     upscaler = None
     if config.upscale:
