@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed"]
 
+#: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
+TRAINED_DEMO_NAME = "demo-trained"
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -105,6 +108,13 @@ def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
 def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
     from . import sources
 
+    if config.model == TRAINED_DEMO_NAME:
+        # the trained demo knows only synthetic moving shapes: its first frame is the shape the prompt
+        # asks for, drawn by the same generator it was trained on (-MP is not used)
+        from .demo_model import demo_init_frame
+
+        logger.info("first frame drawn by the synthetic-shapes generator (%s)", TRAINED_DEMO_NAME)
+        return sources.to_pixels(demo_init_frame(config.prompt, config.seed), config.height, config.width)
     logger.info("rendering the init image with %s", config.model_2d)
     return sources.generate_init_image(
         config.model_2d, config.prompt, height=config.height, width=config.width,
@@ -161,7 +171,12 @@ def open_stream(
     runtime = resolve_runtime(config)
     pixels = _init_pixels(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
-    if DEMO_NAME in (config.model, config.model_2d if pixels is None else None, config.upscaler if config.upscale else None):
+    if config.model == TRAINED_DEMO_NAME:
+        from .demo_model import TRAINED_DEMO_LABEL
+
+        logger.info(TRAINED_DEMO_LABEL)
+    elif DEMO_NAME in (config.model, config.model_2d if pixels is None else None,
+                       config.upscaler if config.upscale else None):
         logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)
