@@ -147,8 +147,8 @@ RUN_OPTIONS = [
     _opt("-HI", "--height", "height", type=int, default=320, show_default=True, help="Video height (multiple of 8)."),
     _opt("-IW", "--image-width", "image_width", type=int, default=None, help="Init image width for -MP (default: video width)."),
     _opt("-IH", "--image-height", "image_height", type=int, default=None, help="Init image height for -MP (default: video height)."),
-    _opt("-MP", "--model-2d", "model_2d", default=DEFAULT_MODEL_2D, show_default=True,
-         help="Text-to-image model for the first frame, or 'demo'."),
+    _opt("-MP", "--model-2d", "model_2d", default=None,
+         help=f"Text-to-image model for the first frame, or 'demo' [default: {DEFAULT_MODEL_2D}; 'demo' with --model demo]."),
     _opt("-i", "--init-image", "init_image", default=None, help="Start from this image (any size; resized)."),
     _opt(None, "--init-video", "init_video", default=None, help="Continue this video (its last CX frames condition the first chunk)."),
     _opt("-VS", "--vae-scale", "vae_scale", type=float, default=None, help="VAE scaling factor (default: the VAE config's, 0.18215 for SD VAEs)."),
@@ -252,6 +252,8 @@ def _run(**options) -> None:
         if schedule is None:
             raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
+    if options["model_2d"] is None:  # the offline demo pairs with the offline text-to-image demo
+        options["model_2d"] = "demo" if options["model"] == "demo" else DEFAULT_MODEL_2D
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:
