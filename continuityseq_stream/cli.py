@@ -94,12 +94,6 @@ def output_stem(config: GenerationConfig, short_id: Optional[str] = None) -> str
     return stem
 
 
-def _chunk_progress(chunks: Iterable, total: Optional[int]) -> Iterable:
-    from tqdm import tqdm
-
-    return tqdm(chunks, total=total, desc="chunks", unit="chunk", file=sys.stderr, disable=None)
-
-
 def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
              sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64,
              schedule=None, control: Optional[str] = None, control_allow_remote: bool = False) -> int:

@@ -153,23 +153,26 @@ def get_dummy_components(seed: int = 0) -> dict:
 
 
 # -- folders ------------------------------------------------------------------------------------
+#: `model_index.json` of a ContinuitySeq-A folder. The real checkpoint names TextToVideoSDPipeline and
+#: UNet3DConditionModel; folders made here say the same, so the loader is tested against that.
+MODEL_INDEX = {
+    "_class_name": "TextToVideoSDPipeline",
+    "_diffusers_version": "0.21.4",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
 def save_tiny_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write a tiny pipeline in the ContinuitySeq-A checkpoint layout; returns the folder."""
     folder = Path(folder)
     comps = get_dummy_components(seed)
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         comps[name].save_pretrained(folder / name)
-    # The real checkpoint names TextToVideoSDPipeline; keep that so the loader is tested against it.
-    index = {
-        "_class_name": "TextToVideoSDPipeline",
-        "_diffusers_version": "0.21.4",
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet3DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     (folder / "README.txt").write_text(DEMO_LABEL + "\n")
     return folder
 

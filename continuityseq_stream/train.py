@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from . import synthetic
+from .tiny import MODEL_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -430,16 +431,6 @@ def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=p
 
 
 # -- output folder ------------------------------------------------------------------------------
-MODEL_INDEX = {
-    "_class_name": "TextToVideoSDPipeline",
-    "_diffusers_version": "0.21.4",
-    "scheduler": ["diffusers", "DDIMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet3DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
-
 
 def save_pipeline_folder(folder: Path, unet, vae, text_encoder, tokenizer, meta: Optional[dict] = None,
                          dtype: torch.dtype = torch.float16) -> Path:

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..chunk import FrameMeta
 from ..errors import ConfigError, SinkError
+from .options import parse_bool, parse_number
 from .base import Sink, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -98,30 +99,12 @@ class FfmpegOptions:
         return cls(
             target=target,
             format=values.get("format") or default_format,
-            audio=_parse_bool(uri, "audio", values.get("audio", "0")),
-            preroll=_parse_number(uri, "preroll", values.get("preroll", "0"), float, 0, 60),
+            audio=parse_bool(uri, "audio", values.get("audio", "0")),
+            preroll=parse_number(uri, "preroll", values.get("preroll", "0"), float, 0, 60),
             log=values.get("log") or None,
-            bitrate=(_parse_number(uri, "bitrate", values["bitrate"], int, 50, 100_000) if "bitrate" in values else None),
-            retries=_parse_number(uri, "retries", values.get("retries", "0"), int, 0, 1_000_000),
+            bitrate=(parse_number(uri, "bitrate", values["bitrate"], int, 50, 100_000) if "bitrate" in values else None),
+            retries=parse_number(uri, "retries", values.get("retries", "0"), int, 0, 1_000_000),
         )
-
-
-def _parse_bool(uri: str, name: str, value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"--sink {uri!r}: option {name}={value!r} is not a boolean; use {name}=1 or {name}=0")
-
-
-def _parse_number(uri: str, name: str, value: str, kind, lo, hi):
-    try:
-        number = kind(value)
-    except ValueError:
-        number = None
-    if number is None or not (lo <= number <= hi):
-        raise ConfigError(f"--sink {uri!r}: option {name}={value!r} must be a {kind.__name__} in [{lo}, {hi}]")
-    return number
 
 
 def ffmpeg_command(opts: FfmpegOptions, info: StreamInfo, binary: str = "ffmpeg") -> list[str]:

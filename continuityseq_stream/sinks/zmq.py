@@ -31,6 +31,7 @@ import zmq
 
 from ..chunk import FrameMeta
 from ..errors import ConfigError, SinkError
+from .options import parse_bool, parse_number
 from .base import Sink, StreamInfo
 
 __all__ = ["ZmqAddress", "ZmqPubSink", "ZmqPushSink", "frame_header", "from_uri"]
@@ -64,32 +65,14 @@ class ZmqAddress:
         if unknown:
             raise ConfigError(f"--sink {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
         opts = dict(pairs)
-        self.connect = _flag(uri, "connect", opts.get("connect", "0"))
+        self.connect = parse_bool(uri, "connect", opts.get("connect", "0"))
         if self.connect and (port == "*" or host == "*"):
             raise ConfigError(f"--sink {uri!r}: connect=1 needs an explicit host and port")
         self.endpoint = f"tcp://{host}:{port}"
-        self.hwm = _number(uri, "hwm", opts.get("hwm", "4" if self.kind == "pub" else "16"), int, 1, 100_000)
-        self.linger = _number(uri, "linger", opts.get("linger", "0.5" if self.kind == "pub" else "5"), float, 0, 600)
-        self.nodrop = _flag(uri, "nodrop", opts.get("nodrop", "1"))
-        self.timeout = _number(uri, "timeout", opts["timeout"], float, 0.01, 1e9) if "timeout" in opts else None
-
-
-def _flag(uri: str, name: str, value: str) -> bool:
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no", ""):
-        return False
-    raise ConfigError(f"--sink {uri!r}: option {name}={value!r} must be 0 or 1")
-
-
-def _number(uri: str, name: str, value: str, kind, lo, hi):
-    try:
-        number = kind(value)
-    except ValueError:
-        number = None
-    if number is None or not lo <= number <= hi:
-        raise ConfigError(f"--sink {uri!r}: option {name}={value!r} must be a {kind.__name__} in [{lo}, {hi}]")
-    return number
+        self.hwm = parse_number(uri, "hwm", opts.get("hwm", "4" if self.kind == "pub" else "16"), int, 1, 100_000)
+        self.linger = parse_number(uri, "linger", opts.get("linger", "0.5" if self.kind == "pub" else "5"), float, 0, 600)
+        self.nodrop = parse_bool(uri, "nodrop", opts.get("nodrop", "1"))
+        self.timeout = parse_number(uri, "timeout", opts["timeout"], float, 0.01, 1e9) if "timeout" in opts else None
 
 
 def frame_header(meta: FrameMeta, fps: float, shape: tuple) -> bytes:
