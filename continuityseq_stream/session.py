@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -204,7 +205,7 @@ def open_stream(
         upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
         upscaler.set_progress_bar_config(disable=True)
 
-    yield from pipe.stream(
+    chunks = pipe.stream(
         LiveSettings.from_config(config, schedule),
         num_frames=config.num_frames,
         num_inference_steps=config.num_steps,
@@ -223,3 +224,17 @@ def open_stream(
         fps=config.fps,
         abort=abort,
     )
+    if not progress:
+        yield from chunks
+        return
+    from tqdm import tqdm
+
+    # a chunk bar beside diffusers' per-step bar (stderr; open-ended with --times 0); counted when a
+    # chunk is made, not when the consumer asks for the next one
+    bar = tqdm(total=config.times or None, desc="chunks", unit="chunk", file=sys.stderr)
+    try:
+        for chunk in chunks:
+            bar.update(1)
+            yield chunk
+    finally:
+        bar.close()

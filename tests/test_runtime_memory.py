@@ -41,3 +41,54 @@ def test_forever_run_has_flat_rss_in_both_processes(tmp_path):
     growth = [a - b for a, b in zip(after, before)]
     print(f"RSS runtime {before[0] >> 20} -> {after[0] >> 20} MiB, producer {before[1] >> 20} -> {after[1] >> 20} MiB")
     assert growth[0] < MAX_GROWTH and growth[1] < MAX_GROWTH, (before, after)
+
+
+@pytest.mark.slow
+def test_cli_forever_on_the_demo_model_has_flat_rss_in_both_processes(tmp_path):
+    """The same over 200 chunks of the real (tiny, random-weight) demo model through the CLI."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import numpy as np
+
+    w = h = 32
+    frames_per_chunk, warmup, measured = 2, 30, 200
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               XDG_CACHE_HOME=str(tmp_path.parent / "xdg-cache-memory"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo", "-p", "memory", "-WI", str(w),
+         "-HI", str(h), "-T", str(frames_per_chunk), "-s", "1", "-r", "0", "--forever",
+         "--sink", "-", "--sink", f"file:{tmp_path / 'out.mp4'}", "-o", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+    def read(n: int) -> int:
+        got = 0
+        while got < n:
+            data = proc.stdout.read(w * h * 3)
+            if len(data) < w * h * 3:
+                break
+            np.frombuffer(data, np.uint8)
+            got += 1
+        return got
+
+    watchdog = threading.Timer(300, proc.kill)  # a hung run fails the test instead of hanging it
+    watchdog.start()
+    try:
+        ps = psutil.Process(proc.pid)
+        assert read(warmup * frames_per_chunk) == warmup * frames_per_chunk
+        before = rss(ps)
+        assert read(measured * frames_per_chunk) == measured * frames_per_chunk
+        after = rss(ps)
+        proc.send_signal(signal.SIGINT)
+        read(10**6)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    growth = [a - b for a, b in zip(after, before)]
+    print(f"demo model RSS runtime {before[0] >> 20} -> {after[0] >> 20} MiB, "
+          f"producer {before[1] >> 20} -> {after[1] >> 20} MiB")
+    assert growth[0] < MAX_GROWTH and growth[1] < MAX_GROWTH, (before, after)
