@@ -228,6 +228,20 @@ class _SinkRunner:
         return SinkStatus(self.sink.name, self.sink.frames_written, skipped, self.state, extra)
 
 
+class _SignalFlag:
+    """A flag that a signal handler may set. `threading.Event.set` takes a lock: a handler that
+    interrupts the main thread while it holds that lock (in `wait`) would deadlock on it."""
+
+    def __init__(self) -> None:
+        self._value = False
+
+    def set(self) -> None:
+        self._value = True
+
+    def is_set(self) -> bool:
+        return self._value
+
+
 class _Run:
     """State of one `run` call (the main thread's loop)."""
 
@@ -235,7 +249,9 @@ class _Run:
         self.config, self.sinks, self.options, self.log = config, sinks, options, log
         self.stop_reason: Optional[str] = None
         self.stop_at: Optional[float] = None
-        self.force = threading.Event()
+        self.force = _SignalFlag()
+        self.force_logged = False
+        self.pending_signal: Optional[str] = None  # set by the handler, acted on by the loop
         self.abort = threading.Event()
         self.ring: Optional[FrameRing] = None
         self.producer: Optional[Producer] = None
@@ -267,13 +283,22 @@ class _Run:
                 self.producer.stop()
 
     def on_signal(self, signum: int, _frame) -> None:
-        name = signal.Signals(signum).name
-        if not self.abandon:
+        # Runs between two bytecodes of the main thread, which may be holding the log's lock or the
+        # update channel's: take no lock here. Only record; the loop (or teardown) acts on it.
+        if self.pending_signal is None and not self.abandon:
+            self.pending_signal = signal.Signals(signum).name
+        else:
+            self.force.set()
+
+    def _take_signal(self) -> None:
+        """Act on a signal the handler recorded (main thread, outside the handler)."""
+        name, self.pending_signal = self.pending_signal, None
+        if name is not None and not self.abandon:
             self.request_stop(name)
             self.log(f"{name}: stopping, the sinks drain what the ring holds (again to force)")
-        elif not self.force.is_set():
-            self.force.set()
-            self.log(f"{name} again: forcing the exit")
+        if self.force.is_set() and not self.force_logged:
+            self.force_logged = True
+            self.log("forcing the exit")
 
     # -- the run ---------------------------------------------------------------------------------
     def execute(self) -> int:
@@ -289,6 +314,7 @@ class _Run:
                                      ctx=ctx, schedule=opts.schedule, channel=self.channel)
             if opts.control is not None:
                 self._start_control()
+            self._take_signal()
             if self.stop_reason is not None:  # a signal arrived while setting up
                 return EXIT_OK
             self.producer.start()
@@ -306,6 +332,7 @@ class _Run:
             if event is not None:
                 self._on_event(event)
             now = time.monotonic()
+            self._take_signal()
             if self.force.is_set():
                 return
             if not producer.is_alive() and not self.producer_finished and self.producer_error is None:
@@ -314,9 +341,9 @@ class _Run:
                 if not ring.closed:
                     ring.close()
             if self.first_frame_at is not None:
-                if _duration_reached(self.options.duration, self.first_frame_at, now):
+                if not self.abandon and _duration_reached(self.options.duration, self.first_frame_at, now):
                     self.request_stop("duration")
-                if any(r.sink.wants_stop.is_set() for r in self.runners):
+                if not self.abandon and any(r.sink.wants_stop.is_set() for r in self.runners):
                     self.request_stop("sink")
                 if all(r.finished for r in self.runners):
                     return  # drained (or every sink gone)
@@ -436,7 +463,13 @@ class _Run:
                 self.ring.close()
             for r in self.runners:
                 if r.thread is not None:
-                    r.thread.join(None if not forced else 3.0)
+                    # drain; a Ctrl-C meanwhile (see on_signal) cuts the wait to 3 s
+                    while r.thread.is_alive() and not self.force.is_set():
+                        r.thread.join(0.2)
+                    if self.force.is_set():
+                        self.abort.set()
+                    r.thread.join(3.0)
+                    self._take_signal()
                     if r.thread.is_alive():
                         self.log(f"sink {r.sink.name} did not finish closing; leaving it")
                 else:  # never opened (no first frame): still close it
@@ -447,7 +480,9 @@ class _Run:
         finally:
             try:
                 if self.producer is not None:
-                    self.producer.shutdown(0.0 if forced else self.options.stop_grace)
+                    # the loop already gave a stopping producer its grace period: do not wait twice
+                    grace_used = self.stop_at is not None and time.monotonic() - self.stop_at > self.options.stop_grace
+                    self.producer.shutdown(0.0 if forced or self.force.is_set() or grace_used else self.options.stop_grace)
             finally:
                 if self.ring is not None:
                     if self.first_frame_at is not None:
