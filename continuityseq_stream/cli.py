@@ -106,7 +106,11 @@ def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Option
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
                              source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
                              control=control, control_allow_remote=control_allow_remote)
-    return run(config, list(sinks) or [f"file:{output_path}"], options)
+    if not sinks:  # the path as a sink object: a '?' in -o must not be read as URI options
+        from .sinks.file import FileSink
+
+        sinks = [FileSink(output_path)]
+    return run(config, list(sinks), options)
 
 
 # -- the `run` command ---------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def _opt(short, long, dest, **kw):
 
 RUN_OPTIONS = [
     _opt("-m", "--model", "model", default=DEFAULT_MODEL, show_default=True,
-         help="Model folder or hub id (diffusers layout), or 'demo' (tiny random-weight model, offline)."),
+         help="Model folder or hub id (diffusers layout), 'demo-trained' (small model trained on moving shapes, shipped) or 'demo' (tiny random-weight model); both offline."),
     _opt("-p", "--prompt", "prompt", default=None,
          help="Text prompt (required unless --prompts-file gives the prompts)."),
     _opt("-t", "--times", "times", type=int, default=1, show_default=True,
@@ -152,7 +156,7 @@ RUN_OPTIONS = [
     _opt("-IG", "--image-guidance-scale", "image_guidance_scale", type=float, default=12.5, show_default=True,
          help="Guidance of the -MP text-to-image model."),
     _opt("-f", "--fps", "fps", type=float, default=16.0, show_default=True, help="Output frame rate."),
-    _opt("-d", "--device", "device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)."),
+    _opt("-d", "--device", "device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."),
     _opt(None, "--dtype", "dtype", type=click.Choice(DTYPES), default=None,
          help="Weights/compute dtype (default: float16 on CUDA, float32 otherwise)."),
     _opt("-x", "--xformers", "xformers", is_flag=True, help="Use xformers attention (must be installed)."),

@@ -139,9 +139,13 @@ def preflight(config: GenerationConfig) -> None:
     from .tiny import DEMO_NAME
 
     resolve_runtime(config)
-    _init_pixels(config)
+    pixels = _init_pixels(config)
     if config.model != DEMO_NAME:
         resolve_pretrained_path(config.model)
+    if pixels is None and config.model != TRAINED_DEMO_NAME and config.model_2d != DEMO_NAME:
+        resolve_pretrained_path(config.model_2d, flag="-MP/--model-2d", demo="2d")
+    if config.upscale and config.upscaler != DEMO_NAME:
+        resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
 
 
 def open_stream(

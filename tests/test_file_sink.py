@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from continuityseq_stream.chunk import FrameMeta
-from continuityseq_stream.errors import SinkError
+from continuityseq_stream.errors import ConfigError, SinkError
 from continuityseq_stream.sinks import sink_from_uri
 from continuityseq_stream.sinks.base import StreamInfo
 from continuityseq_stream.sinks.file import FileSink, from_uri
@@ -63,12 +63,14 @@ def test_uri_and_registry(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "uri",
-    ["file:/nonexistent_dir_xyz/out.mp4", "file:{tmp}/a.mp4?bogus=1", "file:{tmp}/a.mp4?crf=x",
-     "file:{tmp}/a.mp4?segment=10", "file:"],
+    "uri, error",
+    [("file:/nonexistent_dir_xyz/out.mp4", SinkError),  # a failing target: that sink is left out
+     ("file:{tmp}/a.mp4?bogus=1", ConfigError),  # bad input: the run does not start
+     ("file:{tmp}/a.mp4?crf=x", ConfigError), ("file:{tmp}/a.mp4?crf=99", ConfigError),
+     ("file:{tmp}/a.mp4?segment=10", ConfigError), ("file:", ConfigError)],
 )
-def test_bad_uris_raise_one_line(tmp_path, uri):
-    with pytest.raises(SinkError) as e:
+def test_bad_uris_raise_one_line(tmp_path, uri, error):
+    with pytest.raises(error) as e:
         from_uri(uri.format(tmp=tmp_path))
     assert "\n" not in str(e.value)
 

@@ -3,7 +3,7 @@
 | URI                         | module      | policy |
 |-----------------------------|-------------|--------|
 | file:PATH (or a .mp4/.mkv path) | file.py | block  |
-| rtmp://..., rtmps://..., ffmpeg:URL | ffmpeg.py | paced (never stalls the stream) |
+| rtmp://..., rtmps://..., ffmpeg:URL | ffmpeg.py | block (its clock sends at a constant rate, repeating the last frame when generation lags) |
 | zmq+pub://HOST:PORT         | zmq.py      | latest |
 | zmq+push://HOST:PORT        | zmq.py      | block  |
 | preview                     | preview.py  | latest |

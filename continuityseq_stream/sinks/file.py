@@ -17,7 +17,8 @@ URI forms (`from_uri`):
     file:out_%03d.mp4?segment=600      a new file every 600 s of video (24/7 runs), numbered 000, 001...
     file:out.mp4?crf=18&preset=veryfast&keyint=16
 
-Errors (unwritable directory, bad option) raise `SinkError` with one line naming the path.
+Errors raise one line naming the path: `SinkError` for a target that fails (unwritable directory),
+`ConfigError` for a bad option (bad input: the run does not start).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..errors import SinkError
+from ..errors import ConfigError, SinkError
+from .options import parse_number
 from .base import Sink, StreamInfo
 
 __all__ = ["FileSink", "from_uri"]
@@ -71,15 +73,15 @@ class FileSink(Sink):
         self.segment_seconds = segment_seconds
         if segment_seconds is not None:
             if not segment_seconds > 0:
-                raise SinkError(f"file sink: segment={segment_seconds!r}; use a positive number of seconds")
+                raise ConfigError(f"file sink: segment={segment_seconds!r}; use a positive number of seconds")
             try:
                 self.pattern % 0
             except TypeError:
-                raise SinkError(
+                raise ConfigError(
                     f"file sink {self.pattern!r}: segment= needs a counter in the name, e.g. out_%03d.mp4"
                 ) from None
         if keyint is not None and int(keyint) < 1:
-            raise SinkError(f"file sink: keyint={keyint!r}; use a number of frames >= 1")
+            raise ConfigError(f"file sink: keyint={keyint!r}; use a number of frames >= 1")
         self._check_writable(Path(self._segment_path(0)))
         self.paths: list[str] = []  # every file written, in order
         self._container = None
@@ -182,18 +184,18 @@ def from_uri(uri: str) -> FileSink:
         body = body[2:]
     path, _, query = body.partition("?")
     if not path:
-        raise SinkError(f"file sink {uri!r}: give a path, e.g. file:out.mp4")
+        raise ConfigError(f"--sink {uri!r}: give a path, e.g. file:out.mp4")
     kwargs: dict = {}
+    # option typos are bad input (ConfigError: the run does not start), not a failing target
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _OPTIONS:
-            raise SinkError(f"file sink {uri!r}: unknown option {key!r}; known: {', '.join(_OPTIONS)}")
-        try:
-            if key == "segment":
-                kwargs["segment_seconds"] = float(value)
-            elif key == "preset":
-                kwargs["preset"] = value
-            else:
-                kwargs[key] = int(value)
-        except ValueError:
-            raise SinkError(f"file sink {uri!r}: option {key}={value!r} is not a number") from None
+            raise ConfigError(f"--sink {uri!r}: unknown option {key!r}; known: {', '.join(_OPTIONS)}")
+        if key == "segment":
+            kwargs["segment_seconds"] = parse_number(uri, key, value, float, 0.001, 1e9)
+        elif key == "preset":
+            kwargs["preset"] = value
+        elif key == "crf":
+            kwargs["crf"] = parse_number(uri, key, value, int, 0, 51)
+        else:
+            kwargs[key] = parse_number(uri, key, value, int, 1, 100_000)
     return FileSink(path, **kwargs)
