@@ -26,11 +26,13 @@ Nothing here imports torch: blends are computed with the tensors' own arithmetic
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import queue as queue_module
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -924,12 +926,16 @@ class UpdateChannel:
     `next_chunk` past k, then receives exactly that many. So an update answered with k is applied to
     chunk k — never earlier, never later. pause / stop are shared flags read at the boundary:
     chunk k does not start while paused; stop makes `begin_chunk` return None.
+
+    Deliberately no `multiprocessing.Condition` (its `notify` waits for every sleeper and hangs for
+    good once a sleeping producer was killed): the paused producer polls the flags, and every lock is
+    taken with a timeout (a side that died holding it gives a ChannelError, not a hang).
     """
 
     def __init__(self, context: Any = None) -> None:
         ctx = context if context is not None else multiprocessing.get_context("spawn")
         self._queue = ctx.Queue()
-        self._cond = ctx.Condition(ctx.Lock())
+        self._lock = ctx.Lock()
         self._next = ctx.Value("q", 0, lock=False)
         self._sent = ctx.Value("q", 0, lock=False)
         self._paused = ctx.Value("b", 0, lock=False)
@@ -942,7 +948,7 @@ class UpdateChannel:
         u = validate_update(update)
         if u["command"] not in SETTINGS_COMMANDS:
             raise UpdateError(f"{u['command']} is not a settings change; use pause(), resume() or stop()", "command")
-        with self._cond:
+        with self._locked():
             if self._stopped.value:
                 raise UpdateError("the stream is stopping; no more changes are taken", None)
             at = int(self._next.value)
@@ -952,26 +958,24 @@ class UpdateChannel:
 
     def pause(self) -> int:
         """No chunk starts from now until `resume`; returns the chunk that waits."""
-        with self._cond:
+        with self._locked():
             self._paused.value = 1
             return int(self._next.value)
 
     def resume(self) -> int:
         """Let generation go on; returns the chunk that starts next."""
-        with self._cond:
+        with self._locked():
             self._paused.value = 0
-            self._cond.notify_all()
             return int(self._next.value)
 
     def stop(self) -> int:
         """End the stream at the next boundary; returns the first chunk that will not be made."""
-        with self._cond:
+        with self._locked():
             self._stopped.value = 1
-            self._cond.notify_all()
             return int(self._next.value)
 
     def state(self) -> dict:
-        with self._cond:
+        with self._locked():
             return {
                 "next_chunk": int(self._next.value),
                 "paused": bool(self._paused.value),
@@ -985,11 +989,16 @@ class UpdateChannel:
         """Called by the producer before generating chunk `chunk`: waits while paused, returns the
         updates that apply at this chunk, or None when the run must stop. `abort()` (checked while
         paused) lets the producer give up when the runtime is gone."""
-        with self._cond:
-            while self._paused.value and not self._stopped.value:
-                if abort is not None and abort():
+        while True:
+            with self._locked():
+                if self._stopped.value:
                     return None
-                self._cond.wait(poll)
+                if not self._paused.value:
+                    break
+            if abort is not None and abort():
+                return None
+            time.sleep(poll)  # paused: poll the flags (see the class docstring)
+        with self._locked():
             if self._stopped.value:
                 return None
             if chunk < self._next.value:
@@ -1006,6 +1015,15 @@ class UpdateChannel:
                 ) from None
             self._received += 1
         return updates
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = 10.0):
+        if not self._lock.acquire(timeout=timeout):
+            raise ChannelError(f"update channel: lock not free within {timeout:g} s (the other side died holding it?)")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Release the queue's feeder thread (call in each process when done)."""
