@@ -6,10 +6,10 @@ Two rules shape this module:
   `check_display()` first checks DISPLAY and then opens a window in a throw-away subprocess; only when
   that works does the sink create its own window. The CLI should call `check_display()` at startup,
   before the producer starts, so a missing display is one clear error and nothing else has begun.
-- GUI toolkits want every window call on one thread (OpenCV's Qt backend deadlocks when a second
-  thread makes a window after the first one ended). One process-wide `_GuiThread` makes all cv2 calls
-  (create, show, poll keys, destroy) for every preview window; `open`, `write` and `close` only hand
-  it data and events, so they may be called from any thread.
+- The window lives in its own small process (`_WINDOW_MAIN`), fed raw frames through a pipe: OpenCV's
+  Qt backend wants to own the GUI thread of a process, and inside the runtime's process (torch, PyAV,
+  the sink threads) its window sometimes never came up. `open`, `write` and `close` may be called
+  from any thread.
 
 `write()` paces the frames to the output fps (it returns when the frame's display slot has come), so
 the frames of a chunk that arrives at once still play smoothly; the policy is "latest": when
@@ -18,7 +18,6 @@ generation is faster than real time, the ring skips frames for this sink instead
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
@@ -35,7 +34,6 @@ from .base import Sink, StreamInfo
 __all__ = ["PreviewSink", "check_display", "from_uri"]
 
 DEFAULT_TITLE = "continuityseq-stream"
-_STOP_KEYS = (ord("q"), ord("Q"), 27)  # q, Q, Esc
 _checked: set[str] = set()  # displays that passed the probe in this process
 
 _PROBE = (
@@ -84,135 +82,6 @@ def check_display(timeout: float = 20.0) -> str:
     return display
 
 
-class _Window:
-    """One preview window's state, shared between the sink (any thread) and the GUI thread."""
-
-    def __init__(self, title: str, wants_stop: threading.Event) -> None:
-        self.title = title
-        self.wants_stop = wants_stop
-        self.ready = threading.Event()
-        self.done = threading.Event()  # destroyed (closed by the user or by the sink)
-        self.error: BaseException | None = None
-        self.shown = 0
-        self.frame: np.ndarray | None = None
-        self.seq = 0
-        self.shown_seq = 0
-        self.closing = False
-
-
-class _GuiThread(threading.Thread):
-    """The one thread of this process that calls cv2's window functions, for every preview window.
-
-    OpenCV's Qt backend binds its GUI objects to the thread that made the first window, and later
-    calls from other threads wait on that one: so there is exactly one such thread per process, and it
-    lives as long as the process (a daemon). It shows each window's newest frame, polls keys every few
-    milliseconds, and sets a window's `wants_stop` on q/Esc or when the user closed it.
-    """
-
-    _instance: "_GuiThread | None" = None
-    _instance_lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> "_GuiThread":
-        with cls._instance_lock:
-            if cls._instance is None or not cls._instance.is_alive():
-                cls._instance = cls()
-                cls._instance.start()
-                atexit.register(cls._instance.shutdown)
-            return cls._instance
-
-    def shutdown(self) -> None:
-        """At interpreter exit: destroy the windows and end the loop while Python still runs (a GUI
-        thread killed mid-call at shutdown can abort the process)."""
-        self._quit.set()
-        self._wake.set()
-        self.join(5)
-
-    def __init__(self) -> None:
-        super().__init__(name="preview-gui", daemon=True)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._windows: list[_Window] = []
-        self._quit = threading.Event()
-
-    def add(self, window: _Window) -> None:
-        with self._lock:
-            self._windows.append(window)
-        self._wake.set()
-
-    def show(self, window: _Window, frame_bgr: np.ndarray) -> None:
-        with self._lock:
-            window.frame = frame_bgr
-            window.seq += 1
-
-    def remove(self, window: _Window) -> None:
-        with self._lock:
-            window.closing = True
-        self._wake.set()
-
-    def run(self) -> None:
-        import cv2
-
-        while not self._quit.is_set():
-            with self._lock:
-                windows = list(self._windows)
-            if not windows:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            for w in windows:
-                self._step(cv2, w)
-            with self._lock:
-                self._windows = [w for w in self._windows if not w.done.is_set()]
-            key = cv2.waitKey(5)
-            if key != -1 and (key & 0xFF) in _STOP_KEYS:
-                for w in windows:
-                    w.wants_stop.set()
-        with self._lock:
-            windows, self._windows = self._windows, []
-        for w in windows:
-            self._destroy(cv2, w)
-
-    def _step(self, cv2, w: _Window) -> None:
-        try:
-            if not w.ready.is_set():
-                cv2.namedWindow(w.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-                w.ready.set()
-            if w.closing:
-                self._destroy(cv2, w)
-                return
-            with self._lock:
-                frame, seq = w.frame, w.seq
-            if seq != w.shown_seq and frame is not None:
-                cv2.imshow(w.title, frame)
-                w.shown_seq = seq
-                w.shown += 1
-            elif w.shown_seq and not self._visible(cv2, w.title):
-                w.wants_stop.set()  # closed by the user: stop the run, and do not show it again
-                w.done.set()
-        except Exception as exc:
-            w.error = exc
-            w.ready.set()
-            self._destroy(cv2, w)
-
-    @staticmethod
-    def _visible(cv2, title: str) -> bool:
-        """False once the user closed the window (the Qt backend then raises instead of returning 0)."""
-        try:
-            return cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
-        except cv2.error:
-            return False
-
-    @staticmethod
-    def _destroy(cv2, w: _Window) -> None:
-        try:
-            cv2.destroyWindow(w.title)
-            cv2.waitKey(1)
-        except Exception:
-            pass
-        w.done.set()
-
-
 class PreviewSink(Sink):
     """A window that plays the frames at the output fps (see the module docstring)."""
 
@@ -221,17 +90,20 @@ class PreviewSink(Sink):
     def __init__(self, title: str = DEFAULT_TITLE, name: str = "preview") -> None:
         super().__init__(name)
         self.title = title
-        self._window: _Window | None = None
+        self._proc: subprocess.Popen | None = None
+        self._ready = threading.Event()
+        self._gone = threading.Event()  # the window process ended (closed by the user, or failed)
         self._closing = threading.Event()
         self._next_slot: float | None = None
+        self._shown = 0
 
     @property
     def shown(self) -> int:
         """Frames the window has drawn so far (a newer frame may replace one not yet drawn)."""
-        return self._window.shown if self._window else 0
+        return self._shown
 
     def stats(self) -> dict:
-        return {"shown": self.shown}
+        return {"shown": self._shown}
 
     def prepare(self) -> None:
         """Called by the runtime before the producer starts: fail now (SinkError) if there is no display."""
@@ -239,31 +111,110 @@ class PreviewSink(Sink):
 
     def _open(self, info: StreamInfo) -> None:
         check_display()
-        self._window = _Window(self.title, self.wants_stop)
-        _GuiThread.get().add(self._window)
-        if not self._window.ready.wait(20) or self._window.error:
-            raise SinkError(f"preview: cannot create the window: {self._window.error or 'timed out'}")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _WINDOW_MAIN, str(info.width), str(info.height), self.title],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        threading.Thread(target=self._events, name=f"{self.name}-events", daemon=True).start()
+        if not self._ready.wait(30) or self._gone.is_set():
+            self._stop_window(0.0)
+            raise SinkError("preview: cannot create the window (the window process did not start in 30 s)")
+
+    def _events(self) -> None:
+        """Read the window process's one-word lines: ready, shown, stop."""
+        for line in self._proc.stdout:
+            word = line.strip()
+            if word == b"ready":
+                self._ready.set()
+            elif word == b"shown":
+                self._shown += 1
+            elif word == b"stop":
+                self.wants_stop.set()
+        self._gone.set()
+        self._ready.set()
+        if self._shown and not self._closing.is_set():
+            self.wants_stop.set()  # the user closed the window: end the run
 
     def _write(self, frame: np.ndarray, meta: FrameMeta) -> None:
-        window = self._window
-        if window is None or window.done.is_set():
-            if window is not None and window.error:
-                raise SinkError(f"preview: the window failed: {window.error}")
+        if self._gone.is_set():
             return  # window closed by the user: wants_stop is set, the runtime is stopping
         period = 1.0 / self.info.fps
         now = time.monotonic()
         slot = now if self._next_slot is None else max(self._next_slot, now)
         if slot > now:
             self._closing.wait(slot - now)
-        _GuiThread.get().show(window, np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR, a copy
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame[..., ::-1]).tobytes())  # RGB -> BGR
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            return  # the window process just ended; `_events` saw it
         self._next_slot = slot + period
 
     def _close(self) -> None:
         self._closing.set()
-        window = self._window
-        if window is not None and not window.done.is_set():
-            _GuiThread.get().remove(window)
-            window.done.wait(10)
+        self._stop_window(10.0)
+
+    def _stop_window(self, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # end of frames: the window process destroys its window and exits
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# The window process: reads BGR frames of W x H from stdin (a reader thread keeps only the newest),
+# shows them, polls keys; prints "ready" once the window exists, "shown" per frame drawn, "stop" on
+# q / Esc and when the user closed the window (then it exits). Its own process: OpenCV's Qt backend
+# must own a process's GUI thread, which shared with torch, PyAV and the runtime's threads sometimes
+# never came up.
+_WINDOW_MAIN = """
+import sys, threading
+import cv2, numpy as np
+w, h, title = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+size, latest, lock, eof = w * h * 3, [None], threading.Lock(), threading.Event()
+def say(word):
+    try:
+        sys.stdout.write(word + "\\n"); sys.stdout.flush()
+    except OSError:
+        pass
+def read():
+    while True:
+        data = sys.stdin.buffer.read(size)
+        if len(data) < size:
+            eof.set(); return
+        with lock:
+            latest[0] = data
+threading.Thread(target=read, daemon=True).start()
+cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+say("ready")
+shown = False
+while not eof.is_set():
+    with lock:
+        data, latest[0] = latest[0], None
+    if data is not None:
+        cv2.imshow(title, np.frombuffer(data, np.uint8).reshape(h, w, 3))
+        shown = True
+        say("shown")
+    key = cv2.waitKey(5)
+    if key != -1 and (key & 0xFF) in (ord("q"), ord("Q"), 27):
+        say("stop")
+    elif shown:
+        try:
+            visible = cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:
+            visible = False
+        if not visible:
+            say("stop")
+            break
+cv2.destroyAllWindows()
+cv2.waitKey(1)
+"""
 
 
 def from_uri(uri: str) -> PreviewSink:
