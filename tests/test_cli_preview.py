@@ -4,7 +4,6 @@ and draws frames, `q` in it (sent with xdotool) ends the whole run gracefully, t
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
