@@ -112,6 +112,22 @@ class ProcessEvent:
         return True
 
 
+def _check_shared_memory(size: int, slots: int, height: int, width: int, folder: str = "/dev/shm") -> None:
+    """ConfigError when `folder` cannot hold the ring. The segment is created sparse and only fails
+    when a page is first written: the producer would die of SIGBUS mid-run (Docker's default /dev/shm
+    is 64 MB; 64 frames of 1152x640 need 140 MB)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # no such folder on this platform: nothing to check
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise ConfigError(
+            f"--ring-frames: {slots} frames of {width}x{height} need {size / 2**20:.0f} MiB of shared memory, "
+            f"{folder} has {free / 2**20:.0f} MiB free; use a smaller --ring-frames or more shared memory "
+            "(e.g. docker run --shm-size=1g)")
+
+
 def _truncate_utf8(text: str, limit: int) -> bytes:
     raw = text.encode("utf-8")
     if len(raw) <= limit:
@@ -184,6 +200,7 @@ class FrameRing:
         if height < 1 or width < 1:
             raise ConfigError(f"frame size: got {width}x{height}; frames need at least 1x1 pixels")
         size = self._layout(height, width)[-1]
+        _check_shared_memory(size, self.slots, height, width)
         shm = shared_memory.SharedMemory(name=self.name, create=True, size=size)
         self._owner = True
         self._map(shm, height, width)

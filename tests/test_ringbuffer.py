@@ -246,3 +246,22 @@ def test_process_event_survives_a_killed_waiter():
     t.start()
     t.join(3)
     assert not t.is_alive() and ev.is_set() and ev.wait(0)
+
+
+def test_allocate_refuses_a_ring_that_shared_memory_cannot_hold(monkeypatch):
+    """A sparse segment larger than /dev/shm would only fail at the first write (SIGBUS in the
+    producer mid-run): refuse it up front with one line naming --ring-frames."""
+    import collections
+
+    import continuityseq_stream.ringbuffer as rb
+
+    ring = FrameRing(64)
+    try:
+        fake = collections.namedtuple("St", "f_bavail f_frsize")(1024, 4096)  # 4 MiB free
+        monkeypatch.setattr(rb.os, "statvfs", lambda folder: fake)
+        with pytest.raises(ConfigError, match=r"--ring-frames: 64 frames of 576x320 need \d+ MiB.*4 MiB free"):
+            ring.allocate(320, 576)
+        monkeypatch.undo()
+        ring.allocate(8, 8)  # small enough: fine
+    finally:
+        ring.destroy()
