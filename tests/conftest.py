@@ -30,3 +30,14 @@ def _isolated_package_logger():
     log.handlers[:] = saved[0]
     log.setLevel(saved[1])
     log.propagate = saved[2]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A ContinuitySeqPipeline of tiny random-weight components (seed 0), one per test module."""
+    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.tiny import get_dummy_components
+
+    p = ContinuitySeqPipeline(**get_dummy_components(seed=0))
+    p.set_progress_bar_config(disable=True)
+    return p

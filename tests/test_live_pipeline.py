@@ -11,19 +11,10 @@ import pytest
 import torch
 
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.pipeline import ContinuitySeqPipeline
 from continuityseq_stream.prompts import PromptSchedule, UpdateChannel
-from continuityseq_stream.tiny import get_dummy_components
 
 H = W = 32
 F = 4
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = ContinuitySeqPipeline(**get_dummy_components(seed=0))
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 @pytest.fixture

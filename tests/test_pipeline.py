@@ -21,17 +21,10 @@ from continuityseq_stream.errors import CheckpointError, ConfigError
 from continuityseq_stream.pipeline import ContinuitySeqPipeline
 from continuityseq_stream.prompts import LiveSettings, UpdateChannel
 from continuityseq_stream.sources import to_pixels
-from continuityseq_stream.tiny import get_dummy_components, save_tiny_pipeline
+from continuityseq_stream.tiny import save_tiny_pipeline
 
 H = W = 32  # latents 4x4
 F = 4
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = ContinuitySeqPipeline(**get_dummy_components(seed=0))
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 def _image(seed=0, h=40, w=56):
