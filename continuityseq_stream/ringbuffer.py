@@ -1,8 +1,12 @@
 """A bounded shared-memory ring of video frames with one read cursor per reader.
 
 Why: the producer process generates frames; the sinks in the main process read them. A fixed ring in
-`multiprocessing.shared_memory` bounds memory whatever the run length, and moves each frame across
-the process boundary with one copy in and one copy out (no pickling).
+`multiprocessing.shared_memory` bounds memory whatever the run length and moves frames across the
+process boundary without pickling and without copies of its own: the producer makes each frame
+straight into a slot (`reserve` -> fill `slot(seq)` -> `commit`; the uint8 conversion of the
+decoded pixels writes there), and a lossless reader gets a read-only view of the slot (`acquire` ->
+use -> `release`), which the writer cannot reuse until it is released. `write` / `read` are the
+copying forms of the same calls.
 
 Layout
     - a control block (`RawArray` of int64, created with the ring, before the producer is spawned):
@@ -20,13 +24,15 @@ Reader policies (see `sinks/base.py`):
     latest  never holds the writer: a reader whose next frame was overwritten jumps to the newest
             frame and counts the frames it skipped. A reader that keeps up still gets every frame.
 
-Synchronisation: one `multiprocessing.Lock` guards cursors and slots; wake-ups go through one
-semaphore per reader and one for the writer, released only when the other side said it waits (a
-flag in the control block). Deliberately no `multiprocessing.Condition`: its `notify` waits for the
-sleepers to acknowledge and hangs forever once a waiting process was killed. All of it is created
-before the producer is spawned and travels with it. Frames are copied into and out of a slot while
-holding the lock, so a reader can never see a frame half overwritten, and what `read` returns is the
-reader's own copy. Every wait has
+Synchronisation: one `multiprocessing.Lock` guards the cursors (never held while pixels move); wake-ups
+go through one semaphore per reader and one for the writer, released only when the other side said it
+waits (a flag in the control block). Deliberately no `multiprocessing.Condition`: its `notify` waits
+for the sleepers to acknowledge and hangs forever once a waiting process was killed. All of it is
+created before the producer is spawned and travels with it. One writer (the producer). A slot is
+never rewritten while a `block` reader has not released it (its cursor still points at it). A
+`latest` reader copies its frame without the lock and then checks, seqlock style, that the writer
+did not start on that slot meanwhile (the control block's `begun` counter); if it did, the copy is
+dropped and the reader jumps ahead, so it never returns a torn frame. Every wait has
 a timeout (a call returns `None`/`False` rather than hanging); `close` (end of stream) wakes every
 waiter, readers then drain what is left for them and get `RingClosed`; `remove_reader` frees the
 writer from a reader that went away.
@@ -41,6 +47,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import secrets
+import sys
 import time
 from contextlib import contextmanager
 from multiprocessing import shared_memory
@@ -55,8 +62,8 @@ __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTime
 
 POLICY_CODES = {"block": 0, "latest": 1}
 
-# control block: header fields
-_WRITE, _CLOSED, _HEIGHT, _WIDTH, _WRITER_WAITING, _HEADER = 0, 1, 2, 3, 4, 8
+# control block: header fields (_BEGUN: slots the writer has started to fill, = _WRITE + 1 while it fills one)
+_WRITE, _CLOSED, _HEIGHT, _WIDTH, _WRITER_WAITING, _BEGUN, _HEADER = 0, 1, 2, 3, 4, 5, 8
 # control block: per-reader fields
 _R_ACTIVE, _R_POLICY, _R_SEQ, _R_SKIPPED, _R_WAITING, _R_FIELDS = 0, 1, 2, 3, 4, 5
 
@@ -64,6 +71,7 @@ _R_ACTIVE, _R_POLICY, _R_SEQ, _R_SKIPPED, _R_WAITING, _R_FIELDS = 0, 1, 2, 3, 4,
 _M_SEQ, _M_INDEX, _M_CHUNK, _M_PLEN, _M_FIELDS = 0, 1, 2, 3, 4
 
 _WAIT_SLICE = 0.5  # re-check state at least this often, even without a notification
+_KEPT_MAPPED: list = []  # segments left mapped because a frame view outlived the ring (see `_unmap`)
 
 
 class RingClosed(ContinuitySeqError):
@@ -152,6 +160,7 @@ class FrameRing:
             raise ConfigError(f"prompt_bytes: got {prompt_bytes!r}; use 0 or more")
         ctx = ctx or mp.get_context("spawn")
         self.slots, self.max_readers, self.prompt_bytes = slots, max_readers, prompt_bytes
+        self._wake_room = max(1, slots // 4)
         self.name = f"csq_{os.getpid()}_{secrets.token_hex(6)}"
         self._lock = ctx.Lock()
         self._writer_wake = ctx.Semaphore(0)
@@ -167,10 +176,12 @@ class FrameRing:
         self._unlinked = False
         self._frames = self._meta = self._pts = self._prompts = None
         self._last_prompt: tuple[str, bytes] = ("", b"")
+        self._reserved: Optional[int] = None   # seq the writer reserved and has not committed
+        self._held: dict[int, int] = {}       # block reader -> seq of the slot it holds (acquire .. release)
 
     # -- pickling (to the producer at spawn time only) -------------------------------------------
     def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("slots", "max_readers", "prompt_bytes", "name", "_lock", "_writer_wake", "_reader_wake", "_ready", "_ctl")}
+        return {k: getattr(self, k) for k in ("slots", "max_readers", "prompt_bytes", "_wake_room", "name", "_lock", "_writer_wake", "_reader_wake", "_ready", "_ctl")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -261,8 +272,20 @@ class FrameRing:
         if self._owner:
             self.unlink()
         shm, self._shm = self._shm, None
+        frames = self._frames
         self._frames = self._meta = self._pts = self._prompts = None
-        shm.close()
+        # A view `acquire` handed out has `frames` as its base: while one is alive (a sink thread
+        # stuck in write, a caller that kept one), unmapping would turn it into a dangling pointer
+        # (numpy does not hold the segment's buffer export). Then keep the mapping until the process
+        # exits; its name is already gone, so the memory is freed then.
+        if frames is not None and sys.getrefcount(frames) > 2:
+            _KEPT_MAPPED.append(shm)
+            return
+        del frames
+        try:
+            shm.close()
+        except BufferError:
+            _KEPT_MAPPED.append(shm)
 
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
@@ -316,43 +339,82 @@ class FrameRing:
         """Frames a `latest` reader skipped so far."""
         return int(self._ctl[self._r(reader, _R_SKIPPED)])
 
-    def read(self, reader: int, timeout: Optional[float] = None) -> Optional[tuple[np.ndarray, FrameMeta]]:
-        """The reader's next frame (its own copy) and metadata; None when nothing came in `timeout`
-        seconds. Raises RingClosed once the ring is closed and this reader has read everything, and
-        ReaderRemoved when the reader was removed."""
+    def _frame_meta(self, slot: int) -> FrameMeta:
+        m = self._meta[slot]
+        prompt = bytes(self._prompts[slot, : m[_M_PLEN]]).decode("utf-8", "replace")
+        return FrameMeta(index=int(m[_M_INDEX]), chunk=int(m[_M_CHUNK]), pts=float(self._pts[slot]), prompt=prompt)
+
+    def acquire(self, reader: int, timeout: Optional[float] = None) -> Optional[tuple[np.ndarray, FrameMeta]]:
+        """The reader's next frame and metadata; None when nothing came in `timeout` seconds.
+
+        A `block` reader gets a read-only view of the slot, valid until `release(reader)` (call it
+        once done; the writer cannot reuse the slot before). A `latest` reader gets its own copy
+        (it never holds the writer), `release` is then a no-op. Raises RingClosed once the ring is
+        closed and this reader has read everything, and ReaderRemoved when it was removed."""
+        if reader in self._held:
+            raise RuntimeError(f"frame ring: reader {reader} holds a frame; release() it first")
         deadline = None if timeout is None else time.monotonic() + timeout
         ctl, slots = self._ctl, self.slots
+        r_seq = self._r(reader, _R_SEQ)
         while True:
             with self._locked(timeout):
                 if not ctl[self._r(reader, _R_ACTIVE)]:
                     raise ReaderRemoved(f"frame ring: reader {reader} was removed")
-                ws, rs = ctl[_WRITE], ctl[self._r(reader, _R_SEQ)]
-                if rs < ws:
-                    if self._frames is None:
-                        self.attach()
-                    if ws - rs > slots:  # overwritten: only possible for a `latest` reader
+                ws, rs = ctl[_WRITE], ctl[r_seq]
+                ready = rs < ws
+                if ready:
+                    latest = ctl[self._r(reader, _R_POLICY)] == POLICY_CODES["latest"]
+                    if latest and rs < ctl[_BEGUN] - slots:  # overwritten, or being overwritten now
                         ctl[self._r(reader, _R_SKIPPED)] += ws - 1 - rs
-                        rs = ws - 1
-                    slot = rs % slots
-                    frame = self._frames[slot].copy()
-                    m = self._meta[slot]
-                    prompt = bytes(self._prompts[slot, : m[_M_PLEN]]).decode("utf-8", "replace")
-                    meta = FrameMeta(index=int(m[_M_INDEX]), chunk=int(m[_M_CHUNK]), pts=float(self._pts[slot]), prompt=prompt)
-                    ctl[self._r(reader, _R_SEQ)] = rs + 1
-                    wake_writer = bool(ctl[_WRITER_WAITING]) and ctl[self._r(reader, _R_POLICY)] == POLICY_CODES["block"]
-                    if wake_writer:
-                        ctl[_WRITER_WAITING] = 0
+                        rs = ctl[r_seq] = ws - 1
+                elif ctl[_CLOSED]:
+                    raise RingClosed("frame ring: end of stream")
                 else:
-                    if ctl[_CLOSED]:
-                        raise RingClosed("frame ring: end of stream")
                     ctl[self._r(reader, _R_WAITING)] = 1
-                    frame = None
-            if frame is not None:
-                if wake_writer:
-                    self._writer_wake.release()
-                return frame, meta
+            if ready:
+                if self._frames is None:
+                    self.attach()
+                slot = rs % slots
+                if not latest:  # the writer cannot touch this slot before release(): no copy, no lock
+                    view = self._frames[slot]
+                    view.flags.writeable = False
+                    self._held[reader] = rs
+                    return view, self._frame_meta(slot)
+                frame, meta = self._frames[slot].copy(), self._frame_meta(slot)
+                with self._locked(timeout):
+                    if rs >= ctl[_BEGUN] - slots:  # the writer did not start on this slot meanwhile
+                        ctl[r_seq] = rs + 1
+                        return frame, meta
+                continue  # torn: the next round jumps to the newest frame
             if not self._sleep_on(self._reader_wake[reader], deadline):
                 return None
+
+    def release(self, reader: int) -> None:
+        """Done with the frame `acquire` returned: a `block` reader's cursor moves on (the writer may
+        reuse the slot; a view of it must not be used any more). No-op when nothing is held."""
+        rs = self._held.pop(reader, None)
+        if rs is None:
+            return
+        ctl = self._ctl
+        with self._locked(5.0):
+            ctl[self._r(reader, _R_SEQ)] = rs + 1
+            # a writer waiting on a full ring is woken once a quarter of it is free, not at every
+            # slot: one wake-up (two context switches) per 16 frames instead of per frame
+            wake_writer = bool(ctl[_WRITER_WAITING]) and ctl[_WRITE] - (rs + 1) <= self.slots - self._wake_room
+            if wake_writer:
+                ctl[_WRITER_WAITING] = 0
+        if wake_writer:
+            self._writer_wake.release()
+
+    def read(self, reader: int, timeout: Optional[float] = None) -> Optional[tuple[np.ndarray, FrameMeta]]:
+        """`acquire` + own copy + `release`: the next frame as an array later writes do not touch."""
+        item = self.acquire(reader, timeout)
+        if item is None or reader not in self._held:
+            return item
+        try:
+            return item[0].copy(), item[1]
+        finally:
+            self.release(reader)
 
     # -- writer ----------------------------------------------------------------------------------
     def _writer_blocked(self, ws: int) -> bool:
@@ -363,19 +425,14 @@ class FrameRing:
                 return True
         return False
 
-    def write(self, frame: np.ndarray, meta: FrameMeta, timeout: Optional[float] = None) -> bool:
-        """Append one frame; False when a `block` reader still held its slot after `timeout` seconds.
+    def reserve(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Claim the next slot (one writer only); its sequence number, or None when a `block` reader
+        was still a full ring behind after `timeout` seconds. Fill `slot(seq)`, then `commit(seq, meta)`.
         Raises RingClosed after `close`."""
+        if self._reserved is not None:
+            raise RuntimeError("frame ring: commit() the reserved slot before reserving another")
         if self._frames is None:
             self.attach()
-        if frame.shape != self._frames.shape[1:]:
-            raise ConfigError(
-                f"frame size changed during the run: {frame.shape[1]}x{frame.shape[0]}, the ring holds "
-                f"{self._frames.shape[2]}x{self._frames.shape[1]}; every chunk must have the first chunk's size"
-            )
-        if self._last_prompt[0] != meta.prompt:
-            self._last_prompt = (meta.prompt, _truncate_utf8(meta.prompt, self.prompt_bytes))
-        prompt = self._last_prompt[1]
         deadline = None if timeout is None else time.monotonic() + timeout
         ctl = self._ctl
         while True:
@@ -384,23 +441,65 @@ class FrameRing:
                     raise RingClosed("frame ring: closed")
                 ws = ctl[_WRITE]
                 if not self._writer_blocked(ws):
-                    slot = ws % self.slots
-                    self._frames[slot] = frame
-                    self._meta[slot] = (ws, meta.index, meta.chunk, len(prompt))
-                    self._pts[slot] = meta.pts
-                    self._prompts[slot, : len(prompt)] = np.frombuffer(prompt, np.uint8)
-                    ctl[_WRITE] = ws + 1
-                    waiting = []
-                    for r in range(self.max_readers):
-                        if ctl[self._r(r, _R_WAITING)]:
-                            ctl[self._r(r, _R_WAITING)] = 0
-                            waiting.append(r)
-                    break
+                    ctl[_BEGUN] = ws + 1  # a `latest` reader copying this slot's old frame will drop it
+                    self._reserved = ws
+                    return ws
                 ctl[_WRITER_WAITING] = 1
             if not self._sleep_on(self._writer_wake, deadline):
-                return False
+                return None
+
+    def slot(self, seq: int) -> np.ndarray:
+        """Writable `[H, W, 3]` uint8 view of the reserved slot `seq` (fill it before `commit`)."""
+        if seq is None or seq != self._reserved:
+            raise RuntimeError(f"frame ring: slot {seq} is not reserved")
+        return self._frames[seq % self.slots]
+
+    def commit(self, seq: int, meta: FrameMeta) -> None:
+        """Publish the reserved slot `seq` with its metadata and wake the readers waiting for it."""
+        if seq is None or seq != self._reserved:
+            raise RuntimeError(f"frame ring: slot {seq} is not reserved")
+        if self._last_prompt[0] != meta.prompt:
+            self._last_prompt = (meta.prompt, _truncate_utf8(meta.prompt, self.prompt_bytes))
+        prompt = self._last_prompt[1]
+        slot = seq % self.slots
+        self._meta[slot] = (seq, meta.index, meta.chunk, len(prompt))
+        self._pts[slot] = meta.pts
+        self._prompts[slot, : len(prompt)] = np.frombuffer(prompt, np.uint8)
+        ctl = self._ctl
+        with self._locked(30.0):
+            ctl[_WRITE] = seq + 1
+            waiting = []
+            for r in range(self.max_readers):
+                if ctl[self._r(r, _R_WAITING)]:
+                    ctl[self._r(r, _R_WAITING)] = 0
+                    waiting.append(r)
+        self._reserved = None
         for r in waiting:
             self._reader_wake[r].release()
+
+    def check_frame_size(self, height: int, width: int) -> None:
+        """ConfigError unless frames of `height` x `width` fit the ring's slots."""
+        if self._frames is None:
+            self.attach()
+        h, w = self._frames.shape[1:3]
+        if (height, width) != (h, w):
+            raise ConfigError(
+                f"frame size changed during the run: {width}x{height}, the ring holds {w}x{h}; "
+                "every chunk must have the first chunk's size")
+
+    def write(self, frame: np.ndarray, meta: FrameMeta, timeout: Optional[float] = None) -> bool:
+        """Append one frame (copied into the next slot); False when a `block` reader still held that
+        slot after `timeout` seconds. Raises RingClosed after `close`."""
+        if self._frames is None:
+            self.attach()
+        if frame.shape != self._frames.shape[1:]:
+            self.check_frame_size(*frame.shape[:2])
+            raise ConfigError(f"frame shape {frame.shape}: use uint8 [H, W, 3]")
+        seq = self.reserve(timeout)
+        if seq is None:
+            return False
+        self._frames[seq % self.slots] = frame
+        self.commit(seq, meta)
         return True
 
     # -- end of stream ---------------------------------------------------------------------------

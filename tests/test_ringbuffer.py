@@ -80,6 +80,87 @@ def test_block_reader_makes_the_writer_wait_until_it_reads(ring):
     assert [ring.read(rd, timeout=1)[1].index for _ in range(4)] == [1, 2, 3, 4]
 
 
+def test_block_reader_gets_a_read_only_view_that_the_writer_cannot_reuse_before_release(ring):
+    rd = ring.add_reader("block")
+    ring.allocate(H, W)
+    for i in range(4):
+        assert ring.write(frame(i), meta(i), timeout=0.1)
+    view, m = ring.acquire(rd, timeout=1)
+    assert m.index == 0 and (view == 0).all() and not view.flags.writeable
+    assert np.shares_memory(view, ring._frames)  # no copy out of the ring
+    with pytest.raises(RuntimeError, match="release"):
+        ring.acquire(rd, timeout=0.1)  # one frame held at a time
+    assert ring.reserve(timeout=0.2) is None  # the slot of frame 0 is still held: the writer waits
+    assert (view == 0).all()
+    ring.release(rd)
+    seq = ring.reserve(timeout=0.2)
+    assert seq == 4
+    ring.slot(seq)[...] = 44  # the writer makes frame 4 in place, in the slot frame 0 had
+    ring.commit(seq, meta(4))
+    assert (view == 44).all()  # (this is why a view must not be used after release)
+    assert [ring.read(rd, timeout=1)[1].index for _ in range(4)] == [1, 2, 3, 4]
+
+
+def test_reserve_slot_commit_is_what_write_does(ring):
+    rd = ring.add_reader("block")
+    ring.allocate(H, W)
+    seq = ring.reserve(timeout=0.1)
+    with pytest.raises(RuntimeError, match="commit"):
+        ring.reserve(timeout=0.1)
+    with pytest.raises(RuntimeError, match="not reserved"):
+        ring.slot(seq + 1)
+    ring.slot(seq)[...] = 7
+    assert ring.read(rd, timeout=0.05) is None  # nothing visible before commit
+    ring.commit(seq, meta(0, prompt="made in place"))
+    f, m = ring.read(rd, timeout=1)
+    assert (f == 7).all() and m == meta(0, prompt="made in place")
+
+
+def test_latest_reader_skips_a_slot_the_writer_has_started_to_overwrite(ring):
+    rd = ring.add_reader("latest")
+    ring.allocate(H, W)
+    for i in range(4):
+        ring.write(frame(i), meta(i))
+    seq = ring.reserve(timeout=0.1)  # frame 4 goes where frame 0 is, not committed yet
+    ring.slot(seq)[:2] = 200  # half written
+    f, m = ring.read(rd, timeout=1)
+    assert m.index == 3 and (f == 3).all()  # not the torn frame 0
+    assert ring.skipped(rd) == 3
+
+
+def test_latest_reader_drops_a_copy_the_writer_tore_while_it_was_copying(ring, monkeypatch):
+    rd = ring.add_reader("latest")
+    ring.allocate(H, W)
+    for i in range(4):
+        ring.write(frame(i), meta(i))
+    real = ring._frame_meta
+    calls = []
+
+    def writer_strikes_during_the_copy(slot):
+        if not calls:  # the reader has just copied frame 0; now the writer starts on its slot
+            seq = ring.reserve(timeout=0.1)
+            ring.slot(seq)[...] = 250
+            ring.commit(seq, meta(4))
+        calls.append(slot)
+        return real(slot)
+
+    monkeypatch.setattr(ring, "_frame_meta", writer_strikes_during_the_copy)
+    f, m = ring.read(rd, timeout=1)
+    assert m.index == 4 and (f == 250).all()  # the copy of frame 0 was discarded, the newest one read
+    assert ring.skipped(rd) == 4
+
+
+def test_destroy_with_a_frame_view_still_alive_leaves_it_readable():
+    r = FrameRing(4, max_readers=1)
+    rd = r.add_reader("block")
+    r.allocate(H, W)
+    r.write(frame(9), meta(9))
+    view, _ = r.acquire(rd, timeout=1)
+    r.destroy()  # unmapping now would make `view` a dangling pointer (segfault on access)
+    assert (view == 9).all()
+    assert not os.path.exists(f"/dev/shm/{r.name}")
+
+
 def test_latest_reader_never_blocks_and_counts_what_it_skipped(ring):
     rd = ring.add_reader("latest")
     ring.allocate(H, W)
@@ -263,5 +344,64 @@ def test_allocate_refuses_a_ring_that_shared_memory_cannot_hold(monkeypatch):
             ring.allocate(320, 576)
         monkeypatch.undo()
         ring.allocate(8, 8)  # small enough: fine
+    finally:
+        ring.destroy()
+
+
+def _child_in_place_writer(ring: FrameRing, n: int, size: int) -> None:
+    assert ring.wait_ready(10)
+    ring.attach()
+    try:
+        for i in range(n):
+            seq = ring.reserve(timeout=1)
+            while seq is None:
+                seq = ring.reserve(timeout=1)
+            ring.slot(seq)[...] = i % 251  # every pixel of frame i has the same value
+            ring.commit(seq, FrameMeta(i, 0, i / 8, "p"))
+    finally:
+        ring.detach()
+
+
+def test_no_torn_frames_under_a_fast_in_place_writer_and_two_kinds_of_reader():
+    """A spawned writer fills 256x256 slots in place as fast as it can; a lossless reader (views) and
+    a lossy one (copies) check that every frame they get is uniform, i.e. never half overwritten."""
+    ctx = mp.get_context("spawn")
+    size, n = 256, 1500
+    ring = FrameRing(4, max_readers=2, ctx=ctx)
+    try:
+        lossless, lossy = ring.add_reader("block"), ring.add_reader("latest")
+        proc = ctx.Process(target=_child_in_place_writer, args=(ring, n, size))
+        proc.start()
+        ring.allocate(size, size)
+        results = {}
+
+        def consume(reader, name):
+            got, bad = [], 0
+            while True:
+                try:
+                    item = ring.acquire(reader, timeout=10)
+                except RingClosed:
+                    break
+                assert item is not None
+                f, m = item
+                if f.min() != f.max() or f[0, 0, 0] != m.index % 251:
+                    bad += 1
+                got.append(m.index)
+                del f, item
+                ring.release(reader)
+            results[name] = (got, bad)
+
+        threads = [threading.Thread(target=consume, args=(lossless, "block")),
+                   threading.Thread(target=consume, args=(lossy, "latest"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        proc.join(10)
+        assert proc.exitcode == 0
+        assert results["block"] == (list(range(n)), 0)
+        got, bad = results["latest"]
+        assert bad == 0 and got == sorted(got) and got[-1] == n - 1
+        assert len(got) + ring.skipped(lossy) == n
     finally:
         ring.destroy()
