@@ -7,6 +7,7 @@ never invent them (DESIGN.md, data flow).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,14 +16,16 @@ import numpy as np
 class Chunk:
     """One generated chunk, decoded.
 
-    frames: uint8 RGB, shape [F, H, W, 3], C-contiguous.
+    frames: uint8 RGB, shape [F, H, W, 3], C-contiguous; or, from `stream(output_type="pt")`, the
+        decoded pixels as a float tensor [F, 3, H, W] in about [-1, 1] (on the model's device), which
+        `write_frame` converts to uint8 right where the frame is wanted (the producer: a ring slot).
     index: chunk number, 0 for the first chunk of the run.
     first_frame: global index of frames[0] in the output video.
     conditioning_frames: how many latent frames (k) conditioned this chunk.
     prompt: the prompt (or prompt blend description) this chunk was generated with.
     """
 
-    frames: np.ndarray
+    frames: Any
     index: int
     first_frame: int
     conditioning_frames: int
@@ -30,12 +33,31 @@ class Chunk:
 
     def __post_init__(self) -> None:
         f = self.frames
-        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-            raise ValueError(f"Chunk.frames must be uint8 [F, H, W, 3], got {f.dtype} {tuple(f.shape)}")
+        if isinstance(f, np.ndarray):
+            if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
+                raise ValueError(f"Chunk.frames must be uint8 [F, H, W, 3], got {f.dtype} {tuple(f.shape)}")
+        elif not (getattr(f, "ndim", 0) == 4 and f.shape[1] == 3 and f.is_floating_point()):
+            raise ValueError(f"Chunk.frames must be uint8 [F, H, W, 3] or float pixels [F, 3, H, W], got "
+                             f"{getattr(f, 'dtype', type(f).__name__)} {tuple(getattr(f, 'shape', ()))}")
 
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frames."""
+        shape = self.frames.shape
+        return (int(shape[1]), int(shape[2])) if isinstance(self.frames, np.ndarray) else (int(shape[2]), int(shape[3]))
+
+    def write_frame(self, i: int, out: np.ndarray) -> None:
+        """Write frame `i` as uint8 RGB into `out` `[H, W, 3]` (pixels are converted straight into it)."""
+        if isinstance(self.frames, np.ndarray):
+            out[...] = self.frames[i]
+        else:
+            from .sources import pixels_to_uint8_into
+
+            pixels_to_uint8_into(self.frames[i], out)
 
 
 @dataclass(frozen=True)

@@ -327,6 +327,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         updates: Optional[UpdateChannel] = None,
         fps: Optional[float] = None,
         abort: Optional[Callable[[], bool]] = None,
+        output_type: str = "np",
     ) -> Iterator[Chunk]:
         """Yield decoded chunks one at a time; `times=None` runs forever.
 
@@ -353,7 +354,11 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             set_seed re-seeds it (and the selector's `rng`) before its chunk.
         upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
             It runs `upscaler_steps` steps without guidance on each chunk's latents before decoding.
+        output_type: "np" (Chunk.frames uint8 `[F, H, W, 3]`) or "pt" (the decoded float pixels
+            `[F, 3, H, W]` on the model's device; `Chunk.write_frame` converts them where they go).
         """
+        if output_type not in ("np", "pt"):
+            raise ConfigError(f"output_type: got {output_type!r}; use 'np' (uint8 frames) or 'pt' (float pixels)")
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
         if times is not None and times < 1:
@@ -388,7 +393,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             embeds = self._chunk_embeds(blender, settings, embeds_for)
             frames, conditioning, used = self._next_chunk(
                 conditioning, embeds, settings, num_inference_steps, num_frames, index, selector, generator,
-                vae_batch_size, vae_scale, upscaler, upscaler_steps,
+                vae_batch_size, vae_scale, upscaler, upscaler_steps, output_type,
             )
             yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=settings.prompt)
             index += 1
@@ -454,8 +459,9 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
     def _next_chunk(self, conditioning, prompt_embeds, settings, num_inference_steps, num_frames, index, selector,
-                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=20):
-        """Denoise + pick the next conditioning + decode. Returns (uint8 frames, next conditioning, k used).
+                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=20, output_type="np"):
+        """Denoise + pick the next conditioning + decode. Returns (frames, next conditioning, k used);
+        frames are uint8 `[F, H, W, 3]`, or the float pixels for `output_type="pt"`.
 
         Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
         latents = self.denoise_chunk(
@@ -465,7 +471,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         if upscaler is not None:
             latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator, vae_batch_size,
                                            upscaler_steps)
-        frames = self.to_uint8(self.decode_latents(latents, vae_batch_size, vae_scale))
+        pixels = self.decode_latents(latents, vae_batch_size, vae_scale)
+        frames = pixels if output_type == "pt" else self.to_uint8(pixels)
         return frames, next_conditioning, int(conditioning.shape[2])
 
     # -- diffusers convention -------------------------------------------------------------------

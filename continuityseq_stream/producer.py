@@ -229,6 +229,8 @@ class _Child:
 
     def run(self, source: str, source_kwargs: Mapping[str, Any], schedule=None, channel=None) -> None:
         fn = resolve_source(source)
+        if source == DEFAULT_SOURCE:  # decoded pixels, converted to uint8 straight into the ring's slots
+            source_kwargs = {"output_type": "pt", **source_kwargs}
         chunks = fn(self.config, **source_kwargs, schedule=schedule, updates=channel, abort=self.stop.is_set)
         fps, times = float(self.config.fps), self.config.times
         made = 0
@@ -254,11 +256,15 @@ class _Child:
                 else:
                     self.stats[_S_GEN_FRAMES] += n
                     self.stats[_S_GEN_SECONDS] += spent
+                self.ring.check_frame_size(*chunk.frame_size)
                 for i in range(n):
                     index = chunk.first_frame + i
                     meta = FrameMeta(index=index, chunk=chunk.index, pts=index / fps, prompt=chunk.prompt)
-                    while not self.ring.write(chunk.frames[i], meta, timeout=1.0):
-                        pass  # a lossless reader is a full ring behind; close/remove wakes us
+                    seq = self.ring.reserve(timeout=1.0)
+                    while seq is None:  # a lossless reader is a full ring behind; close/remove wakes us
+                        seq = self.ring.reserve(timeout=1.0)
+                    chunk.write_frame(i, self.ring.slot(seq))  # the frame is made in shared memory
+                    self.ring.commit(seq, meta)
                     self.stats[_S_FRAMES] += 1
                 made += 1
                 self.stats[_S_CHUNKS] = made
@@ -275,7 +281,7 @@ class _Child:
                     pass
 
     def _first_chunk(self, chunk) -> None:
-        _, h, w, _ = chunk.frames.shape
+        h, w = chunk.frame_size
         self.events.put(("shape", int(h), int(w)))
         while not self.ring.wait_ready(0.5):
             if self.stop.is_set() or self.ring.closed:

@@ -188,7 +188,9 @@ class _SinkRunner:
             self.state = "running"
             while not self.abort.is_set():
                 try:
-                    item = self.ring.read(self.reader, timeout=0.25)
+                    # a lossless sink writes straight from the ring's slot (no copy); the slot is
+                    # the writer's again once released, so a sink never keeps the frame it was given
+                    item = self.ring.acquire(self.reader, timeout=0.25)
                 except (RingClosed, ReaderRemoved):
                     break
                 except RingTimeout:
@@ -198,8 +200,12 @@ class _SinkRunner:
                 try:
                     self.sink.write(*item)
                 except Exception as e:  # noqa: BLE001
+                    del item
+                    self._release()
                     self._fail("write", e)
                     return
+                del item
+                self._release()
             self.state = "done"
         finally:
             try:
@@ -212,6 +218,12 @@ class _SinkRunner:
             except Exception as e:  # noqa: BLE001
                 if self.state not in ("failed", "ended"):
                     self._fail("close", e)
+
+    def _release(self) -> None:
+        try:
+            self.ring.release(self.reader)
+        except RingTimeout:
+            pass  # a process died holding the ring's lock: the run is ending anyway
 
     def status(self) -> SinkStatus:
         try:

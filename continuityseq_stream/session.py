@@ -156,6 +156,7 @@ def open_stream(
     schedule: Optional[PromptSchedule] = None,
     updates: Optional[UpdateChannel] = None,
     abort: Optional[Callable[[], bool]] = None,
+    output_type: str = "np",
 ) -> Iterator[Chunk]:
     """Yield the chunks `config` asks for (`config.times`, 0 = forever).
 
@@ -164,6 +165,7 @@ def open_stream(
     schedule: a prompt file's `PromptSchedule` (takes precedence over `config.prompt`).
     updates: an `UpdateChannel` carrying live changes (control socket); they apply at chunk boundaries.
     abort: checked while paused; True ends the stream (the producer is stopping).
+    output_type: as `pipe.stream` ("pt": float pixels, which the producer converts into its ring slots).
     The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts.py).
     """
     from .conditioning import UniformConditioning
@@ -227,6 +229,7 @@ def open_stream(
         updates=updates,
         fps=config.fps,
         abort=abort,
+        output_type=output_type,
     )
     if not progress:
         yield from chunks

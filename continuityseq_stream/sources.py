@@ -78,6 +78,17 @@ def pixels_to_uint8(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
 
 
+def pixels_to_uint8_into(pixels: torch.Tensor, out: np.ndarray) -> None:
+    """One frame `[3, H, W]` in [-1, 1] -> `out` uint8 `[H, W, 3]`, the same values as `pixels_to_uint8`.
+
+    The rounded floats are cast while they are copied into `out` (on a CUDA device they become uint8
+    there first, so only one byte per channel crosses to the host): no intermediate uint8 frame."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
+    if x.device.type != "cpu":
+        x = x.to(torch.uint8)
+    torch.from_numpy(out).copy_(x.permute(1, 2, 0))
+
+
 def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
     """`-i/--init-image`: read any image file, resize to the output size -> `[1, 3, H, W]` in [-1, 1]."""
     from PIL import Image, UnidentifiedImageError

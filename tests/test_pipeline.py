@@ -97,6 +97,23 @@ def test_first_chunk_equals_step_by_step(pipe, vae_scale):
     assert chunk.frames.std() > 1  # not a constant image
 
 
+def test_output_type_pt_yields_pixels_that_convert_to_the_same_frames(pipe):
+    kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=2, guidance_scale=3.0, times=2)
+    np_chunks = list(pipe.stream("a boat", generator=torch.Generator().manual_seed(5), **kw))
+    pt_chunks = list(pipe.stream("a boat", generator=torch.Generator().manual_seed(5), output_type="pt", **kw))
+    for a, b in zip(np_chunks, pt_chunks):
+        assert isinstance(b.frames, torch.Tensor) and b.frames.shape == (F, 3, H, W) and b.frame_size == (H, W)
+        assert (b.index, b.first_frame, b.num_frames) == (a.index, a.first_frame, a.num_frames)
+        for i in range(F):
+            out = np.zeros((H, W, 3), np.uint8)
+            b.write_frame(i, out)  # what the producer does into a ring slot
+            np.testing.assert_array_equal(out, a.frames[i])
+    with pytest.raises(ConfigError, match="output_type"):
+        next(pipe.stream("a boat", output_type="pil", **kw))
+    with pytest.raises(ValueError, match="float pixels"):
+        Chunk(frames=torch.zeros(2, 3, 4, 4, dtype=torch.uint8), index=0, first_frame=0, conditioning_frames=1, prompt="")
+
+
 def test_guidance_order_matters(pipe):
     """Swapping the halves (cond first) gives a different chunk: the order is really tested."""
     img = _image()

@@ -129,7 +129,7 @@ class ListSink(Sink):
             raise SinkError(f"{self.name}: target went away (test)")
         if self.delay:
             time.sleep(self.delay)
-        self.frames.append((meta.index, frame))
+        self.frames.append((meta.index, frame.copy()))  # the frame is a view of the ring, valid during write
         if self.stop_after is not None and len(self.frames) >= self.stop_after:
             self.wants_stop.set()
 

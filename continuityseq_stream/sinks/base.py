@@ -52,7 +52,8 @@ class Sink(ABC):
         self._open(info)
 
     def write(self, frame: np.ndarray, meta: FrameMeta) -> None:
-        """Write one uint8 RGB frame [H, W, 3]."""
+        """Write one uint8 RGB frame [H, W, 3]. The frame may be a read-only view of the runtime's
+        shared-memory ring, valid during this call only: a sink copies what it keeps."""
         self._write(frame, meta)
         self.frames_written += 1
 
