@@ -2,15 +2,22 @@
 process -> reader in this process), through a plain `multiprocessing.Queue` handoff of the same
 frames, and through each sink on its own, at 576x320 and 1024x576.
 
-    python bench/bench_transport.py            # 600 frames per figure, median of 3
+    python bench/bench_transport.py            # 3000 frames per transport figure, 600 per sink, median of 3
     python bench/bench_transport.py --quick    # 200 frames, 1 run, 576x320 only (smoke test)
 
-- ring: `FrameRing` (64 slots, one `block` reader) as the runtime uses it; a spawned process writes
-  the frames (one copy into shared memory), this process reads them (one copy out). fps = frames /
-  time from the first to the last frame read. CPU/frame: process time of writer + reader per frame
-  (what the handoff takes away from the model on a small machine).
-- queue: the same frames put by a spawned process into `multiprocessing.Queue(maxsize=64)` (pickled,
-  written to a pipe by the feeder thread, read and unpickled here), timed the same way.
+Two ways to count, each for the ring and for the Queue, side by side:
+- made + handed over: the producer makes each frame's bytes (one copy from a set of 16 distinct
+  frames, standing in for the uint8 conversion of the decoded pixels) where its transport wants them
+  (ring: `reserve` -> the slot -> `commit`, as the runtime's producer does; Queue: a fresh array,
+  then `put`), the reader gets it (ring: a `block` reader's view, `acquire`/`release`, as the
+  runtime's lossless sinks; Queue: `get`, unpickled).
+- handed over only: the frame already exists where the producer made it (ring: in its slot, the
+  slots were filled once; Queue: an array in the producer's memory) and the transport moves it.
+Also the ring's copying API (`write` copies into the slot, `read` copies out) for reference.
+In all cases the reader checks the first row of every frame against the frame it should be, and
+fps = frames / time from the first to the last frame read (after the first 64, so the ring's
+in-place filling of its slots is not in the handoff figure). CPU/frame: process time of writer +
+reader per frame (what the handoff takes away from the model on a small machine).
 - sinks, each in this process, fps = frames / (writes + close): file (PyAV libx264 veryfast, fragmented
   mp4), zmq push (a PULL socket in a thread of this process receives every frame), zmq pub (a SUB in a
   thread; received count shown), stdout (to /dev/null), ffmpeg (x264 ultrafast to `-f null`, with the
@@ -44,7 +51,10 @@ def make_frames(width: int, height: int) -> np.ndarray:
 
 
 # -- producer-process side (spawned children) ------------------------------------------------------
-def _ring_writer(ring, width, height, n, cpu) -> None:
+WARMUP = 64  # frames before the clock starts (the ring's 64 slots get filled once)
+
+
+def _ring_writer(ring, width, height, n, mode, cpu) -> None:
     from continuityseq_stream.chunk import FrameMeta
 
     frames = make_frames(width, height)
@@ -52,26 +62,55 @@ def _ring_writer(ring, width, height, n, cpu) -> None:
     ring.attach()
     c0 = time.process_time()
     for i in range(n):
-        while not ring.write(frames[i % DISTINCT], FrameMeta(index=i, chunk=0, pts=i / 16, prompt="bench"), timeout=1.0):
-            pass
+        meta = FrameMeta(index=i, chunk=0, pts=i / 16, prompt="bench")
+        if mode == "copy":
+            while not ring.write(frames[i % DISTINCT], meta, timeout=1.0):
+                pass
+            continue
+        seq = ring.reserve(timeout=1.0)
+        while seq is None:
+            seq = ring.reserve(timeout=1.0)
+        if mode == "made" or i < WARMUP:  # "handoff": slot seq % 64 already holds frame seq % 16
+            np.copyto(ring.slot(seq), frames[i % DISTINCT])
+        ring.commit(seq, meta)
     cpu.value = time.process_time() - c0
     ring.close()
     ring.detach()
 
 
-def _queue_writer(q, width, height, n, cpu) -> None:
+def _queue_writer(q, width, height, n, mode, cpu) -> None:
     frames = make_frames(width, height)
     c0 = time.process_time()
     for i in range(n):
-        q.put((frames[i % DISTINCT].copy(), i))  # a fresh array each time, as a producer would hand over
+        # "made": a fresh array each time, as a producer would make and hand over
+        q.put((frames[i % DISTINCT].copy() if mode == "made" else frames[i % DISTINCT], i))
     q.put(None)
     q.close()
     q.join_thread()  # the feeder thread has pickled and written everything
     cpu.value = time.process_time() - c0
 
 
-def ring_fps(width: int, height: int, n: int) -> tuple[float, float]:
-    """(frames per second, CPU microseconds per frame in both processes together)."""
+class _Clock:
+    """Times the reader from frame WARMUP to the last one and checks each frame's first row."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.rows, self.got, self.t0, self.c0 = frames[:, 0], 0, None, None
+
+    def frame(self, frame: np.ndarray, index: int) -> None:
+        if not np.array_equal(frame[0], self.rows[index % DISTINCT]):
+            raise AssertionError(f"frame {index}: wrong content")
+        self.got += 1
+        if self.got == WARMUP + 1:
+            self.t0, self.c0 = time.monotonic(), time.process_time()
+
+    def result(self, n: int, writer_cpu: float) -> tuple[float, float]:
+        assert self.got == n, (self.got, n)
+        return (n - 1 - WARMUP) / (time.monotonic() - self.t0), 1e6 * (time.process_time() - self.c0 + writer_cpu) / n
+
+
+def ring_fps(width: int, height: int, n: int, mode: str = "made") -> tuple[float, float]:
+    """(frames per second, CPU microseconds per frame in both processes together); mode "made",
+    "handoff" or "copy" (see the module doc)."""
     from continuityseq_stream.ringbuffer import FrameRing, RingClosed
 
     ctx = mp.get_context("spawn")
@@ -79,46 +118,41 @@ def ring_fps(width: int, height: int, n: int) -> tuple[float, float]:
     reader = ring.add_reader("block")
     ring.allocate(height, width)
     cpu = ctx.RawValue("d", 0.0)
-    proc = ctx.Process(target=_ring_writer, args=(ring, width, height, n, cpu), daemon=True)
+    proc = ctx.Process(target=_ring_writer, args=(ring, width, height, n, mode, cpu), daemon=True)
     proc.start()
-    got, t_first, c0 = 0, None, time.process_time()
+    clock = _Clock(make_frames(width, height))
     try:
         while True:
             try:
-                item = ring.read(reader, timeout=30)
+                item = ring.read(reader, timeout=30) if mode == "copy" else ring.acquire(reader, timeout=30)
             except RingClosed:
                 break
             if item is None:
                 raise RuntimeError("ring: no frame for 30 s")
-            got += 1
-            if t_first is None:
-                t_first = time.monotonic()
-        t_last, c1 = time.monotonic(), time.process_time()
+            clock.frame(item[0], item[1].index)
+            del item
+            ring.release(reader)
     finally:
         proc.join(30)
         ring.destroy()
-    assert got == n, (got, n)
-    return (n - 1) / (t_last - t_first), 1e6 * (c1 - c0 + cpu.value) / n
+    return clock.result(n, cpu.value)
 
 
-def queue_fps(width: int, height: int, n: int) -> tuple[float, float]:
+def queue_fps(width: int, height: int, n: int, mode: str = "made") -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue(maxsize=64)
     cpu = ctx.RawValue("d", 0.0)
-    proc = ctx.Process(target=_queue_writer, args=(q, width, height, n, cpu), daemon=True)
+    proc = ctx.Process(target=_queue_writer, args=(q, width, height, n, mode, cpu), daemon=True)
     proc.start()
-    got, t_first, c0 = 0, None, None
+    clock = _Clock(make_frames(width, height))
     while True:
         item = q.get(timeout=60)
         if item is None:
             break
-        got += 1
-        if t_first is None:
-            t_first, c0 = time.monotonic(), time.process_time()
-    t_last, c1 = time.monotonic(), time.process_time()
+        clock.frame(*item)
+    result = clock.result(n, 0.0)
     proc.join(30)
-    assert got == n, (got, n)
-    return (n - 1) / (t_last - t_first), 1e6 * (c1 - c0 + cpu.value) / n
+    return result[0], result[1] + 1e6 * cpu.value / n
 
 
 # -- sinks -------------------------------------------------------------------------------------------
@@ -187,36 +221,45 @@ def sink_fps(kind: str, width: int, height: int, n: int, frames: np.ndarray, tmp
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--frames", type=int, default=600)
+    p.add_argument("--frames", type=int, default=3000, help="frames per ring / Queue figure")
+    p.add_argument("--sink-frames", type=int, default=600, help="frames per sink figure")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", default="576x320,1024x576")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.frames, args.repeats, args.sizes = 200, 1, "576x320"
+        args.frames, args.sink_frames, args.repeats, args.sizes = 200, 200, 1, "576x320"
+    args.frames = max(args.frames, WARMUP + 2)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w, h in sizes:
             frames = make_frames(w, h)
-            ring, queue = [], []
+            runs: dict = {k: [] for k in ("ring made", "queue made", "ring handoff", "queue handoff", "ring copy")}
             for _ in range(args.repeats):  # alternate, back to back
-                ring.append(ring_fps(w, h, args.frames))
-                queue.append(queue_fps(w, h, args.frames))
-            row = {"size": f"{w}x{h}", "ring": median([f for f, _ in ring]), "queue": median([f for f, _ in queue]),
-                   "ring_cpu": median([c for _, c in ring]), "queue_cpu": median([c for _, c in queue])}
+                for key in runs:
+                    kind, mode = key.split()
+                    runs[key].append((ring_fps if kind == "ring" else queue_fps)(w, h, args.frames, mode))
+            row = {"size": f"{w}x{h}"}
+            for key, results in runs.items():
+                row[key] = (median([f for f, _ in results]), median([c for _, c in results]))
             for kind in ("file", "zmq-push", "zmq-pub", "stdout", "ffmpeg"):
-                results = [sink_fps(kind, w, h, args.frames, frames, tmp) for _ in range(args.repeats)]
+                results = [sink_fps(kind, w, h, args.sink_frames, frames, tmp) for _ in range(args.repeats)]
                 row[kind] = (median([f for f, _ in results]), results[-1][1])
             rows.append(row)
-    print(f"transport fps (median of {args.repeats}, {args.frames} frames each; {load()})")
-    print(f"{'size':>9} {'ring':>8} {'queue':>8} {'ring/q':>7} {'file':>7} {'zmq-push':>9} {'zmq-pub':>8} "
-          f"{'stdout':>8} {'ffmpeg':>7}")
+    print(f"transport fps (median of {args.repeats}; {args.frames} frames per ring/Queue run, {args.sink_frames} per "
+          f"sink run; {load()})")
+    print(f"{'size':>9} | {'made+handed over: ring':>22} {'queue':>7} {'ratio':>6} | {'handed over: ring':>17} "
+          f"{'queue':>7} {'ratio':>6} | {'ring copy':>9} | {'file':>6} {'zmq-push':>8} {'zmq-pub':>7} {'stdout':>7} "
+          f"{'ffmpeg':>6}")
     for row in rows:
-        print(f"{row['size']:>9} {row['ring']:>8.0f} {row['queue']:>8.0f} {row['ring'] / row['queue']:>6.1f}x "
-              f"{row['file'][0]:>7.0f} {row['zmq-push'][0]:>9.0f} {row['zmq-pub'][0]:>8.0f} {row['stdout'][0]:>8.0f} "
-              f"{row['ffmpeg'][0]:>7.0f}   CPU/frame ring {row['ring_cpu']:.0f} us, queue {row['queue_cpu']:.0f} us "
-              f"({row['queue_cpu'] / row['ring_cpu']:.1f}x); zmq-pub {row['zmq-pub'][1]}")
+        rm, qm, rh, qh = (row[k][0] for k in ("ring made", "queue made", "ring handoff", "queue handoff"))
+        print(f"{row['size']:>9} | {rm:>22.0f} {qm:>7.0f} {rm / qm:>5.1f}x | {rh:>17.0f} {qh:>7.0f} {rh / qh:>5.1f}x | "
+              f"{row['ring copy'][0]:>9.0f} | {row['file'][0]:>6.0f} {row['zmq-push'][0]:>8.0f} {row['zmq-pub'][0]:>7.0f} "
+              f"{row['stdout'][0]:>7.0f} {row['ffmpeg'][0]:>6.0f}")
+        cpu = {k: row[k][1] for k in ("ring made", "queue made", "ring handoff", "queue handoff", "ring copy")}
+        print(f"{'':>9}   CPU/frame (us): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+              + f"; zmq-pub {row['zmq-pub'][1]}")
 
 
 if __name__ == "__main__":
