@@ -515,7 +515,16 @@ class _Run:
             ring_fill=self.ring.fill() if self.ring is not None else 0,
             ring_slots=self.options.ring_frames,
             sinks=[r.status() for r in self.runners],
+            paused=self._paused(),
         )
+
+    def _paused(self) -> bool:
+        if self.channel is None:
+            return False
+        try:
+            return bool(self.channel.state()["paused"])
+        except Exception:  # noqa: BLE001 - a status line is never worth a failure
+            return False
 
     def _exit_code(self) -> int:
         if self.force.is_set():

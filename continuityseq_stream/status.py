@@ -50,10 +50,12 @@ def format_status(
     ring_fill: int,
     ring_slots: int,
     sinks: list[SinkStatus],
+    paused: bool = False,
 ) -> str:
-    """One line: chunks made, generation fps vs output fps, ring fill, per-sink counters."""
+    """One line: chunks made (and "paused" while a control pause holds the producer), generation fps
+    vs output fps, ring fill, per-sink counters."""
     parts = [
-        f"[{label} {format_duration(elapsed)}] chunks {chunks} ({frames} frames)",
+        f"[{label} {format_duration(elapsed)}] chunks {chunks} ({frames} frames){' paused' if paused else ''}",
         f"gen {gen_fps:.1f} fps / out {_num(float(out_fps))} fps",
         f"ring {ring_fill}/{ring_slots}",
     ]

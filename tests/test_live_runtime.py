@@ -159,3 +159,42 @@ def test_a_taken_control_address_is_a_config_error_before_anything_runs(tmp_path
     with pytest.raises(ConfigError, match="not a loopback address"):
         RuntimeOptions(control="tcp://0.0.0.0:5557")
     assert RuntimeOptions(control="tcp://0.0.0.0:5557", control_allow_remote=True).control == "tcp://0.0.0.0:5557"
+
+
+def test_status_line_says_paused_while_the_control_pause_holds_the_producer(tmp_path):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    args = {
+        "prompts": str(prompts),
+        "config": dict(prompt="a fox", width=W, height=H, num_frames=F, fps=FPS, times=0),
+        "sinks": [f"file:{tmp_path / 'out.mp4'}"],
+        "options": {"source": SOURCE, "source_kwargs": {"delay": 0.02}, "status_interval": 0.2, "control": control},
+    }
+    run = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True)
+    client = ControlClient(control, timeout=5.0)
+    try:
+        def status():
+            try:
+                return client.call("status")
+            except Exception:  # noqa: BLE001 - not bound yet
+                return None
+
+        _wait(lambda: (s := status()) and s["chunks_made"] >= 2, 60, "two chunks")
+        client.call("pause")
+        time.sleep(1.0)  # several status lines while paused
+        client.call("resume")
+        _wait(lambda: status()["paused"] is False, 10, "resume")
+        time.sleep(0.6)
+        client.call("stop")
+        assert run.wait(60) == 0
+        err = run.stderr.read().decode()
+    finally:
+        client.close()
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    lines = [line for line in err.splitlines() if line.lstrip().startswith("[stream ")]
+    flags = [" paused |" in line for line in lines]
+    assert True in flags and flags[-1] is False, lines  # shown while paused, gone after resume
