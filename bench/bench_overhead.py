@@ -38,7 +38,7 @@ def bare(args) -> None:
     from continuityseq_stream.config import GenerationConfig
     from continuityseq_stream.session import open_stream
 
-    config = GenerationConfig(prompt="a red ball bouncing", model="demo", model_2d="demo", num_frames=args.frames,
+    config = GenerationConfig(prompt="a red ball bouncing", model="demo-random", model_2d="demo", num_frames=args.frames,
                               width=args.width, height=args.height, num_steps=args.steps, guidance_scale=7.5,
                               seed=7, times=args.chunks, fps=16.0)
     stamps, frames = [], 0

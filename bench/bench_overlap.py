@@ -31,7 +31,7 @@ from _common import load, median  # noqa: E402
 def setup(args):
     from continuityseq_stream.pipeline import ContinuitySeqPipeline
 
-    pipe = ContinuitySeqPipeline.from_pretrained("demo")
+    pipe = ContinuitySeqPipeline.from_pretrained("demo-random")
     pipe.set_progress_bar_config(disable=True)
     pixels = torch.zeros(1, 3, args.height, args.width)
     cond = pipe.prepare_conditioning(pixels)

@@ -4,7 +4,7 @@ the number of chunks asked for (the original script decoded everything at the en
     python bench/bench_ttff.py                 # 3 alternating runs each of --times 1 and --times 16
     python bench/bench_ttff.py --quick         # 1 run each, smallest size (smoke test)
 
-Each run is the real CLI on the tiny demo model (`--model demo --model-2d demo`) with the stdout sink
+Each run is the real CLI on the tiny demo model (`--model demo-random --model-2d demo`) with the stdout sink
 (`--sink -`, raw rgb24); this script reads the pipe and stamps the moment the first whole frame has
 arrived, measured from just before the process is started (so Python/torch start-up, the producer
 spawn, model loading and the first chunk are all inside). The run is then stopped (SIGTERM).

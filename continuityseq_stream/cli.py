@@ -3,7 +3,7 @@
 `main` is a click group whose default command is `run`, so both of these work:
 
     continuityseq-stream --model b-f/ContinuitySeq-A --prompt "..." --times 4
-    continuityseq-stream run --model demo --prompt "..."
+    continuityseq-stream run --model demo --prompt "a red circle moving left on a gray background"
 
 Adding a subcommand is one line: `main.add_command(my_click_command)` (e.g. in this module's
 bottom or in the module that defines it, imported here).
@@ -27,6 +27,7 @@ import uuid
 from typing import Iterable, Optional
 
 import click
+from click.core import ParameterSource
 
 from .config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
 from .errors import ConfigError, ContinuitySeqError
@@ -129,7 +130,9 @@ def _opt(short, long, dest, **kw):
 
 RUN_OPTIONS = [
     _opt("-m", "--model", "model", default=DEFAULT_MODEL, show_default=True,
-         help="Model folder or hub id (diffusers layout), 'demo-trained' (small model trained on moving shapes, shipped) or 'demo' (tiny random-weight model); both offline."),
+         help="Model folder or hub id (diffusers layout), 'demo' (small model trained on moving shapes, shipped; "
+              "its own settings for the size/frames/CX/guidance/steps flags you do not give) or 'demo-random' "
+              "(tiny random-weight model); both offline."),
     _opt("-p", "--prompt", "prompt", default=None,
          help="Text prompt (required unless --prompts-file gives the prompts)."),
     _opt("-t", "--times", "times", type=int, default=1, show_default=True,
@@ -146,7 +149,8 @@ RUN_OPTIONS = [
     _opt("-IW", "--image-width", "image_width", type=int, default=None, help="Init image width for -MP (default: video width)."),
     _opt("-IH", "--image-height", "image_height", type=int, default=None, help="Init image height for -MP (default: video height)."),
     _opt("-MP", "--model-2d", "model_2d", default=None,
-         help=f"Text-to-image model for the first frame, or 'demo' [default: {DEFAULT_MODEL_2D}; 'demo' with --model demo]."),
+         help=f"Text-to-image model for the first frame, or 'demo' (tiny, random) [default: {DEFAULT_MODEL_2D}; "
+              "'demo' with --model demo-random; not used by --model demo, which draws its first frame]."),
     _opt("-i", "--init-image", "init_image", default=None, help="Start from this image (any size; resized)."),
     _opt(None, "--init-video", "init_video", default=None, help="Continue this video (its last CX frames condition the first chunk)."),
     _opt("-VS", "--vae-scale", "vae_scale", type=float, default=None, help="VAE scaling factor (default: the VAE config's, 0.18215 for SD VAEs)."),
@@ -237,10 +241,32 @@ def _setup_logging() -> None:
         root.propagate = False
 
 
+#: GenerationConfig field -> DEMO_SETTINGS key: what the trained demo was trained and evaluated with
+_DEMO_FLAGS = {"width": "width", "height": "height", "num_frames": "num_frames",
+               "max_conditioning_frames": "max_conditioning_frames", "guidance_scale": "guidance_scale",
+               "num_steps": "num_inference_steps"}
+
+
+def _demo_defaults(options: dict) -> None:
+    """`--model demo`: the trained demo's own settings for the flags the user left at their default
+    (the original's 576x320, 8 frames, guidance 30 are far outside what that tiny model knows)."""
+    from .demo_model import DEMO_SETTINGS
+
+    ctx = click.get_current_context()
+    applied = []
+    for field, key in _DEMO_FLAGS.items():
+        if ctx.get_parameter_source(field) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            options[field] = DEMO_SETTINGS[key]
+            applied.append(f"{field} {DEMO_SETTINGS[key]}")
+    if applied:
+        logging.getLogger("continuityseq_stream").info("demo model settings (flags not given): %s", ", ".join(applied))
+
+
 def _run(**options) -> None:
     """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
     _setup_logging()
-    from .session import preflight, resolve_seed
+    from .session import TRAINED_DEMO_NAMES, preflight, resolve_seed
+    from .tiny import RANDOM_DEMO_NAME
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
@@ -250,8 +276,10 @@ def _run(**options) -> None:
         if schedule is None:
             raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
-    if options["model_2d"] is None:  # the offline demo pairs with the offline text-to-image demo
-        options["model_2d"] = "demo" if options["model"] == "demo" else DEFAULT_MODEL_2D
+    if options["model_2d"] is None:  # the offline random demo pairs with the offline text-to-image demo
+        options["model_2d"] = "demo" if options["model"] == RANDOM_DEMO_NAME else DEFAULT_MODEL_2D
+    if options["model"] in TRAINED_DEMO_NAMES:
+        _demo_defaults(options)
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:

@@ -70,28 +70,32 @@ def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) ->
 
 
 def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
-    """A local folder, the demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
+    """A local folder, a demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
 
-    `demo` says which tiny model the name "demo" means: "video" (ContinuitySeq), "2d" (text-to-image)
-    or "upscaler" (x2 latent upscaler). "demo-trained" is the small ContinuitySeq trained on
-    synthetic moving shapes that ships inside the package (`demo_model.py`).
+    `demo` says what the name "demo" means: "video": the small ContinuitySeq trained on synthetic
+    moving shapes that ships inside the package (`demo_model.py`; "demo-trained" is the same);
+    "2d" / "upscaler": the tiny random text-to-image / x2 latent upscaler. "demo-random" (video) is
+    the tiny random-weight ContinuitySeq the tests use.
     Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
     path, or a hub id that is not cached while offline).
     """
     name = str(path_or_repo_id)
-    if name == "demo":
-        from . import tiny
-
-        build = {"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}.get(demo, tiny.demo_model_path)
-        return str(build())
-    if name == "demo-trained" and demo == "video":
+    if demo == "video" and name in ("demo", "demo-trained"):
         from .demo_model import trained_demo_path
 
         path = trained_demo_path()
         if path is None:
             raise CheckpointError(f"{flag}: the trained demo weights are not in this installation "
-                                  "(continuityseq_stream/data/demo); use 'demo' (random weights) or a model folder")
+                                  "(continuityseq_stream/data/demo); use 'demo-random' (random weights) or a model folder")
         return str(path)
+    if demo == "video" and name == "demo-random":
+        from . import tiny
+
+        return str(tiny.demo_model_path())
+    if name == "demo" and demo in ("2d", "upscaler"):
+        from . import tiny
+
+        return str({"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}[demo]())
     if os.path.isdir(name):
         return name
     if os.path.exists(name):

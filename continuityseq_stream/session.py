@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed"]
 
 #: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
-TRAINED_DEMO_NAME = "demo-trained"
+#: ("demo-trained": the same, its name before it became the default demo)
+TRAINED_DEMO_NAME = "demo"
+TRAINED_DEMO_NAMES = ("demo", "demo-trained")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -109,7 +111,7 @@ def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
 def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
     from . import sources
 
-    if config.model == TRAINED_DEMO_NAME:
+    if config.model in TRAINED_DEMO_NAMES:
         # the trained demo knows only synthetic moving shapes: its first frame is the shape the prompt
         # asks for, drawn by the same generator it was trained on (-MP is not used)
         from .demo_model import demo_init_frame
@@ -136,13 +138,13 @@ def preflight(config: GenerationConfig) -> None:
     also used on its own). The demo model is not built here.
     """
     from .pipeline import resolve_pretrained_path
-    from .tiny import DEMO_NAME
+    from .tiny import DEMO_NAME, RANDOM_DEMO_NAME
 
     resolve_runtime(config)
     pixels = _init_pixels(config)
-    if config.model != DEMO_NAME:
+    if config.model != RANDOM_DEMO_NAME:  # (the random demo is built on first use, not here)
         resolve_pretrained_path(config.model)
-    if pixels is None and config.model != TRAINED_DEMO_NAME and config.model_2d != DEMO_NAME:
+    if pixels is None and config.model not in TRAINED_DEMO_NAMES and config.model_2d != DEMO_NAME:
         resolve_pretrained_path(config.model_2d, flag="-MP/--model-2d", demo="2d")
     if config.upscale and config.upscaler != DEMO_NAME:
         resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
@@ -171,19 +173,20 @@ def open_stream(
     from .conditioning import UniformConditioning
     from .pipeline import ContinuitySeqPipeline, resolve_pretrained_path
 
-    from .tiny import DEMO_LABEL, DEMO_NAME
+    from .tiny import DEMO_LABEL, DEMO_NAME, RANDOM_DEMO_NAME
 
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
     runtime = resolve_runtime(config)
     pixels = _init_pixels(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
-    if config.model == TRAINED_DEMO_NAME:
+    if config.model in TRAINED_DEMO_NAMES:
         from .demo_model import TRAINED_DEMO_LABEL
 
         logger.info(TRAINED_DEMO_LABEL)
-    elif DEMO_NAME in (config.model, config.model_2d if pixels is None else None,
-                       config.upscaler if config.upscale else None):
+    if config.model == RANDOM_DEMO_NAME or DEMO_NAME in (
+            config.model_2d if pixels is None and config.model not in TRAINED_DEMO_NAMES else None,
+            config.upscaler if config.upscale else None):
         logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)

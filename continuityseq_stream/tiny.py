@@ -11,7 +11,7 @@ output looks like coloured noise.
   `vae/`, `unet/`), so loading it goes through the real `ContinuitySeqPipeline.from_pretrained`.
 - `demo_model_path()` / `demo_2d_model_path()` / `demo_upscaler_path()` build those folders once,
   cached under `$XDG_CACHE_HOME/continuityseq_stream/` (default `~/.cache/continuityseq_stream/`);
-  this is what `--model demo`, `--model-2d demo` and `--upscaler demo` load.
+  this is what `--model demo-random`, `--model-2d demo` and `--upscaler demo` load.
 
 Scheduler: ModelScope's text-to-video DDIM config (scaled-linear betas 0.00085 -> 0.012, 1000 train
 steps, epsilon prediction, clip_sample False, set_alpha_to_one False, steps_offset 1). The real
@@ -35,14 +35,17 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEMO_NAME", "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
+    "DEMO_NAME", "RANDOM_DEMO_NAME", "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
     "make_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
     "get_dummy_components", "save_tiny_pipeline", "save_tiny_sd_pipeline", "save_tiny_upscaler",
     "demo_cache_dir", "demo_model_path", "demo_2d_model_path", "demo_upscaler_path", "DEMO_LABEL",
 ]
 
-#: the `--model` / `--model-2d` value that selects the demo model
+#: the `--model-2d` / `--upscaler` value that selects their tiny random demo models
 DEMO_NAME = "demo"
+#: the `--model` value of the tiny random-weight ContinuitySeq (fast; what the tests use). `--model demo`
+#: is the trained demo that ships with the package (`demo_model.py`).
+RANDOM_DEMO_NAME = "demo-random"
 #: bump when the tiny architecture changes, so stale caches are rebuilt
 _DEMO_VERSION = "v1"
 DEMO_LABEL = (

@@ -57,7 +57,7 @@ def _run_ok(args, capsys):
 def test_original_example_with_model_2d(tmp_path, capsys):
     # inference.py --model b-f/ContinuitySeq-A --prompt "..." --model-2d stabilityai/stable-diffusion-2-1
     #   --num-frames 16 --width 576 --height 320 --times 1 --sdp
-    path, err = _run_ok(["--model", "demo", "--prompt", PROMPT, "--model-2d", "demo", "--num-frames", "4",
+    path, err = _run_ok(["--model", "demo-random", "--prompt", PROMPT, "--model-2d", "demo", "--num-frames", "4",
                          *SMALL, "--times", "1", "--sdp", "-o", str(tmp_path)], capsys)
     v = read_video(path)
     assert v.shape == (4, 48, 64, 3)
@@ -71,19 +71,19 @@ def test_original_example_with_init_image(tmp_path, capsys):
     img = tmp_path / "image.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (100, 150, 3), dtype=np.uint8)).save(img)
     # inference.py --model ... --prompt "..." --init-image "image.png" --num-frames 16 --times 1 --sdp
-    path, _ = _run_ok(["--model", "demo", "--prompt", PROMPT, "--init-image", str(img), "--num-frames", "4",
+    path, _ = _run_ok(["--model", "demo-random", "--prompt", PROMPT, "--init-image", str(img), "--num-frames", "4",
                        *SMALL, "--times", "1", "--sdp", "-o", str(tmp_path / "out")], capsys)
     assert read_video(path).shape == (4, 48, 64, 3)
 
 
 def test_original_example_times_4_short_flags(tmp_path, capsys):
     # inference.py ... --times 4 --sdp (short flags and underscore spellings, -N, -I, -f)
-    path, _ = _run_ok(["-m", "demo", "-p", PROMPT, "-MP", "demo", "-T", "3", "-WI", "64", "-HI", "48",
+    path, _ = _run_ok(["-m", "demo-random", "-p", PROMPT, "-MP", "demo", "-T", "3", "-WI", "64", "-HI", "48",
                        "--num_steps", "1", "-t", "4", "-S", "-CN", "1", "--max-conditioning-n-sample-frames", "2",
                        "-N", "-I", "-f", "8", "-r", "3", "-o", str(tmp_path)], capsys)
     v = read_video(path)
     assert v.shape == (12, 48, 64, 3)
-    assert path.stem.endswith("_demo")
+    assert path.stem.endswith("_demo-random")
     init = path.with_name(path.stem + "_init.png")
     assert init.is_file()
     with av.open(str(path)) as c:
@@ -95,7 +95,7 @@ def test_same_seed_same_video(tmp_path, capsys):
 
     img = tmp_path / "i.png"
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img)
-    args = ["-m", "demo", "-p", "x", "-i", str(img), "-T", "2", *SMALL, "-t", "2"]
+    args = ["-m", "demo-random", "-p", "x", "-i", str(img), "-T", "2", *SMALL, "-t", "2"]
     a, _ = _run_ok([*args, "-o", str(tmp_path / "a")], capsys)
     b, _ = _run_ok([*args, "-o", str(tmp_path / "b")], capsys)
     assert np.array_equal(read_video(a), read_video(b))
@@ -105,7 +105,7 @@ def test_init_video_continues_a_video(tmp_path, capsys):
     from test_sources import make_video
 
     video = make_video(tmp_path / "previous.mp4", 20, w=80, h=60)
-    path, _ = _run_ok(["-m", "demo", "-p", "more", "--init-video", str(video), "-T", "4", *SMALL, "-t", "2",
+    path, _ = _run_ok(["-m", "demo-random", "-p", "more", "--init-video", str(video), "-T", "4", *SMALL, "-t", "2",
                        "-CX", "3", "-o", str(tmp_path / "out")], capsys)
     assert read_video(path).shape == (8, 48, 64, 3)
 
@@ -115,7 +115,7 @@ def test_upscale_with_demo_upscaler(tmp_path, capsys):
 
     img = tmp_path / "i.png"
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img)
-    path, _ = _run_ok(["-m", "demo", "-p", "x", "-i", str(img), "-T", "2", "--width", "64", "--height", "64",
+    path, _ = _run_ok(["-m", "demo-random", "-p", "x", "-i", str(img), "-T", "2", "--width", "64", "--height", "64",
                        "-s", "1", "-t", "1", "-u", "--upscaler", "demo", "-o", str(tmp_path)], capsys)
     assert read_video(path).shape == (2, 128, 128, 3)
 
@@ -125,7 +125,7 @@ def _bad_cases(tmp):
     unreadable.write_text("not an image")
     bad_video = tmp / "broken.mp4"
     bad_video.write_bytes(b"\0" * 100)
-    base = ["-m", "demo", "-p", "x", "-MP", "demo", "-T", "2", "-s", "1", "--width", "64", "--height", "48"]
+    base = ["-m", "demo-random", "-p", "x", "-MP", "demo", "-T", "2", "-s", "1", "--width", "64", "--height", "48"]
     return {
         "width": ([*base, "-WI", "60"], "-WI/--width"),
         "height": ([*base, "-HI", "50"], "-HI/--height"),
@@ -208,7 +208,7 @@ def _subprocess(cmd, tmp_path, env_cache):
 
 
 def test_bin_inference_py_original_command_line(tmp_path, demo_cache):
-    proc = _subprocess([sys.executable, str(REPO / "bin" / "inference.py"), "--model", "demo", "--prompt", PROMPT,
+    proc = _subprocess([sys.executable, str(REPO / "bin" / "inference.py"), "--model", "demo-random", "--prompt", PROMPT,
                         "--model-2d", "demo", "--num-frames", "3", "--width", "64", "--height", "48", "--times", "2",
                         "--sdp", "-s", "1"], tmp_path, demo_cache)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""`--model demo-trained`: the CLI runs the shipped trained demo offline, starting from the shape the
+"""`--model demo`: the CLI runs the shipped trained demo offline, starting from the shape the
 prompt asks for (drawn by the synthetic generator), and the video shows that colour."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from continuityseq_stream.demo_model import trained_demo_path
 def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
     out = tmp_path / "v.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-trained",
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo",
          "--prompt", "a red circle moving left on a gray background", "-WI", "32", "-HI", "32", "-T", "4",
          "-CX", "4", "-g", "7", "-s", "10", "--times", "2", "-r", "0", "--sink", f"file:{out}"],
         capture_output=True, text=True, timeout=180)
@@ -32,3 +32,20 @@ def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
     # the first frame of every chunk holds a red object, clearly more red than green pixels
     assert red[::4].sum(axis=(1, 2)).min() >= 10, red.sum(axis=(1, 2))
     assert red.sum() > 3 * green.sum()
+
+
+@pytest.mark.skipif(trained_demo_path() is None, reason="trained demo weights not in this tree")
+def test_cli_demo_uses_the_models_settings_for_flags_not_given_and_keeps_those_given(tmp_path):
+    out = tmp_path / "v.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo", "-p",
+         "a yellow square moving right on a purple background", "-T", "3", "-s", "4", "--times", "2", "-r", "1",
+         "--sink", f"file:{out}"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    settings = [line for line in proc.stderr.splitlines() if "demo model settings" in line]
+    assert settings and "width 32" in settings[0] and "guidance_scale 7.0" in settings[0], proc.stderr
+    assert "num_frames" not in settings[0] and "num_steps" not in settings[0]  # given: kept
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (32, 32, 3)  # 2 chunks x -T 3 at the demo's 32x32

@@ -16,7 +16,7 @@ import pytest
 from servers import NginxRtmp, RtmpReader, assert_no_children, free_port
 
 W, H, F, FPS = 64, 48, 4, 8
-BASE = ["--model", "demo", "--model-2d", "demo", "--prompt", "a red circle", "-T", str(F), "-WI", str(W), "-HI", str(H),
+BASE = ["--model", "demo-random", "--model-2d", "demo", "--prompt", "a red circle", "-T", str(F), "-WI", str(W), "-HI", str(H),
         "-s", "2", "-r", "3", "-f", str(FPS)]
 
 

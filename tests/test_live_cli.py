@@ -20,7 +20,7 @@ from continuityseq_stream.control import ControlClient
 from servers import free_port
 
 W, H, F = 64, 48, 4
-BASE = ["--model", "demo", "--model-2d", "demo", "-T", str(F), "-WI", str(W), "-HI", str(H), "-s", "2", "-r", "7",
+BASE = ["--model", "demo-random", "--model-2d", "demo", "-T", str(F), "-WI", str(W), "-HI", str(H), "-s", "2", "-r", "7",
         "-f", "8"]
 PROMPTS = ["a red fox", "a city at night", "an ocean reef"]
 

@@ -327,3 +327,19 @@ def test_from_pretrained_incomplete_folder(tmp_path, tiny_folder):
     (tmp_path / "m" / "vae").mkdir()
     with pytest.raises(CheckpointError, match="cannot load vae/"):
         ContinuitySeqPipeline.from_pretrained(str(tmp_path / "m"))
+
+
+def test_demo_names_resolve_to_the_trained_and_the_random_demo(monkeypatch, tmp_path):
+    from continuityseq_stream import demo_model, tiny
+    from continuityseq_stream.pipeline import resolve_pretrained_path
+
+    trained = demo_model.trained_demo_path()
+    if trained is not None:
+        assert resolve_pretrained_path("demo") == resolve_pretrained_path("demo-trained") == str(trained)
+    monkeypatch.setattr(tiny, "demo_model_path", lambda: tmp_path / "random")
+    monkeypatch.setattr(tiny, "demo_2d_model_path", lambda: tmp_path / "2d")
+    assert resolve_pretrained_path("demo-random") == str(tmp_path / "random")
+    assert resolve_pretrained_path("demo", demo="2d") == str(tmp_path / "2d")
+    monkeypatch.setattr(demo_model, "trained_demo_path", lambda: None)
+    with pytest.raises(CheckpointError, match="demo-random"):
+        resolve_pretrained_path("demo")

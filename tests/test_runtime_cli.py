@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 W, H, F = 64, 48, 4
-BASE = ["--model", "demo", "--model-2d", "demo", "--prompt", "a test", "-T", str(F), "-WI", str(W), "-HI", str(H),
+BASE = ["--model", "demo-random", "--model-2d", "demo", "--prompt", "a test", "-T", str(F), "-WI", str(W), "-HI", str(H),
         "-s", "2", "-r", "7", "-f", "8"]
 
 
