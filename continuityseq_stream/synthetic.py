@@ -12,6 +12,11 @@ frame (`positions`, pixels, x then y). Two kinds of motion:
   stream needs. Positions are kept in [0, S).
 - "bouncing": a diagonal constant velocity that reflects off the walls (the object stays inside).
 
+A *turn clip* (`render_turn_clip`) moves one way for its first frames and another way from `turn_at`
+on, captioned with the second motion: the training example of "the prompt says where to go next,
+whatever the frames before did" (the trained demo learns from them to follow a prompt's direction,
+also when the prompt changes mid-stream).
+
 Captions come from a tiny grammar: "a red circle moving left on a gray background",
 "a white triangle bouncing on a black background". `parse_caption` inverts it (the metrics use it to
 know what a prompt asked for). Edges are anti-aliased by 4x4 supersampling, so sub-pixel motion is
@@ -29,7 +34,7 @@ import numpy as np
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "MOTIONS", "VOCABULARY", "DEFAULT_SIZE",
     "ClipSpec", "Clip", "caption", "parse_caption", "sample_spec", "spec_from_caption", "render_clip",
-    "render_frame", "make_clips", "direction_vector", "half_extent",
+    "render_frame", "make_clips", "make_turn_clips", "render_turn_clip", "direction_vector", "half_extent",
 ]
 
 #: frame side in pixels used by the shipped demo model (32 keeps CPU training within its budget)
@@ -210,6 +215,35 @@ def render_clip(spec: ClipSpec, num_frames: int) -> Clip:
     positions = _trajectory(spec, num_frames)
     frames = np.stack([render_frame(spec, float(x), float(y)) for x, y in positions])
     return Clip(frames=frames, positions=positions.astype(np.float32), caption=caption(spec), spec=spec)
+
+
+def render_turn_clip(spec: ClipSpec, motion: str, turn_at: int, num_frames: int) -> Clip:
+    """Frames `[0, turn_at)` move as `spec`; from `turn_at` on the object moves `motion` (a direction,
+    same speed) from where it was. Caption and returned spec: the second motion."""
+    if spec.motion not in DIRECTIONS or motion not in DIRECTIONS:
+        raise ValueError(f"turn clips move in directions {DIRECTIONS}; got {spec.motion!r} -> {motion!r}")
+    if not 1 <= turn_at < num_frames:
+        raise ValueError(f"turn_at: got {turn_at}; use 1..{num_frames - 1}")
+    first = _trajectory(spec, turn_at)
+    speed = float(np.hypot(spec.vx, spec.vy))
+    ux, uy = _UNIT[motion]
+    x0, y0 = first[-1]
+    after = ClipSpec(spec.shape, spec.colour, spec.background, motion, float(x0 + speed * ux), float(y0 + speed * uy),
+                     speed * ux, speed * uy, spec.radius, spec.size)
+    positions = np.concatenate([first, _trajectory(after, num_frames - turn_at)])
+    frames = np.stack([render_frame(after, float(x), float(y)) for x, y in positions])
+    return Clip(frames=frames, positions=positions.astype(np.float32), caption=caption(after), spec=after)
+
+
+def make_turn_clips(count: int, num_frames: int, turn_at: int, seed: int, size: int = DEFAULT_SIZE) -> list[Clip]:
+    """`count` turn clips (a direction, then another one from frame `turn_at`), deterministic from `seed`."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(count):
+        spec = sample_spec(rng, size, motion=DIRECTIONS[rng.integers(len(DIRECTIONS))])
+        others = [d for d in DIRECTIONS if d != spec.motion]
+        clips.append(render_turn_clip(spec, others[rng.integers(len(others))], turn_at, num_frames))
+    return clips
 
 
 def make_clips(count: int, num_frames: int, seed: int, size: int = DEFAULT_SIZE,

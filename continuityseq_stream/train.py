@@ -11,9 +11,16 @@ Three stages, each resumable from its last checkpoint in `--work` (re-run the sa
    `max_cond + frames` latent frames; per batch k is uniform in [1, max_cond]; the k frames before the
    target window are the clean conditioning, the following `frames` frames are noised with the
    ModelScope DDIM schedule (scaled-linear 0.00085 -> 0.012, 1000 steps) and the UNet predicts the
-   noise. Text: a frozen, randomly initialised tiny CLIP text encoder over a word-level vocabulary of
-   the caption grammar (made locally); 10 % of prompts are dropped to "" for classifier-free guidance.
-   Weights are averaged (EMA) and the EMA is what is saved.
+   noise. Text: a tiny CLIP text encoder over a word-level vocabulary of the caption grammar (made
+   locally), randomly initialised and trained jointly with the UNet (`--frozen-text-encoder` keeps
+   it at its random init, as the first shipped model had it: that UNet learned to ignore the
+   prompt); 10 % of prompts are dropped to "" for classifier-free guidance. Weights are averaged
+   (EMA) and the EMA is what is saved.
+   Every frame of a plain clip shows its colour, shape and (from 2 frames on) its direction, so the
+   text is redundant for most batches and a UNet trained on them alone learns to ignore it: both
+   earlier demo runs moved the object a random way when the conditioning was one frame. So
+   `turn_fraction` of the batches come from *turn clips* (`synthetic.render_turn_clip`): the
+   conditioning frames move one way, the target frames another, and only the caption says which.
 3. **Decoder refinement**: the VAE decoder alone is fine-tuned on the frozen encoder's latents, with
    object pixels weighted up. The encoder (so the latent space the UNet learned) does not change, so
    this stage may run beside stage 2 (`--stage decoder` and `--stage unet`).
@@ -79,11 +86,15 @@ class TrainConfig:
     unet_channels: tuple = (32, 64)
     unet_groups: int = 16
     unet_clips: int = 2000
-    unet_steps: int = 3000
+    unet_steps: int = 7000
     unet_batch: int = 32
     unet_lr: float = 1e-3
-    unet_minutes: float = 30.0
+    unet_minutes: float = 60.0
     prompt_dropout: float = 0.1
+    train_text_encoder: bool = True  # False: the text encoder stays frozen at its random init
+    text_lr: float = 1e-3
+    turn_clips: int = 1000           # clips that change direction where the conditioning ends
+    turn_fraction: float = 0.3       # share of batches drawn from them
     ema: float = 0.995
     checkpoint_every: int = 50
     extra: dict = field(default_factory=dict)
@@ -136,7 +147,8 @@ def _bpe(symbols: list[str], ranks: dict) -> list[str]:
 
 
 def make_text_encoder(vocab_size: int, seed: int):
-    """Tiny CLIP text encoder (frozen; random weights from `seed`)."""
+    """Tiny CLIP text encoder with random weights from `seed` (eval mode, no gradients; the UNet stage
+    trains a copy of it)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -367,7 +379,13 @@ def train_decoder(cfg: TrainConfig, work: Path, vae, log=print):
 
 # -- stage 2: UNet ------------------------------------------------------------------------------
 def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=print):
-    """Train (or resume) the UNet on VAE latents of synthetic clips; returns the EMA UNet (eval)."""
+    """Train (or resume) the UNet (and, with `cfg.train_text_encoder`, the text encoder jointly) on VAE
+    latents of synthetic clips; returns the EMA `(unet, text_encoder)` in eval mode.
+
+    A frozen random text encoder left the UNet nearly blind to the prompt (guidance 1 and 7 gave the
+    same videos, direction at chance with one conditioning frame): trained jointly, the encoder learns
+    to put colour and direction where cross-attention can read them.
+    """
     ckpt_path = work / "unet.pt"
     scheduler = make_scheduler()
     clip_len = cfg.max_cond + cfg.frames
@@ -381,53 +399,87 @@ def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=p
         torch.save(data, cache)
         log(f"unet: encoded {len(clips)} clips in {time.monotonic() - t0:.0f}s")
     latents, captions = data["latents"], data["captions"]
-    unique = sorted(set(captions)) + [""]
-    table = encode_captions(tokenizer, text_encoder, unique)  # [U, 77, D]
+    turn_latents, turn_captions = None, []
+    if cfg.turn_clips and cfg.turn_fraction > 0:
+        turn_cache = work / f"turns-{cfg.turn_clips}x{clip_len}.pt"
+        if turn_cache.is_file():
+            turns = torch.load(turn_cache, weights_only=False)
+        else:
+            t0 = time.monotonic()
+            clips = synthetic.make_turn_clips(cfg.turn_clips, clip_len, cfg.max_cond, cfg.seed + 4, cfg.size)
+            turns = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}
+            torch.save(turns, turn_cache)
+            log(f"unet: encoded {len(clips)} turn clips in {time.monotonic() - t0:.0f}s")
+        turn_latents, turn_captions = turns["latents"], turns["captions"]
+    unique = sorted(set(captions) | set(turn_captions)) + [""]
+    token_ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids  # [U, 77]
     caption_idx = torch.tensor([unique.index(c) for c in captions])
+    turn_idx = torch.tensor([unique.index(c) for c in turn_captions], dtype=torch.long)
     empty = len(unique) - 1
 
-    unet = make_unet(cfg)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    text_encoder = copy.deepcopy(text_encoder).requires_grad_(cfg.train_text_encoder)
+    model = torch.nn.ModuleDict({"unet": make_unet(cfg), "text_encoder": text_encoder})
+    ema = copy.deepcopy(model).requires_grad_(False)
+    groups = [{"params": list(model["unet"].parameters()), "base_lr": cfg.unet_lr}]
+    if cfg.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()), "base_lr": cfg.text_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.unet_lr, weight_decay=0.0)
+    trainable = [p for g in groups for p in g["params"]]
     gen = torch.Generator().manual_seed(cfg.seed + 21)
     rng = np.random.default_rng(cfg.seed + 22)
     step, done = 0, False
     state = _load_checkpoint(ckpt_path)
     if state:
-        unet.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+        if "model" not in state or not any(k.startswith("unet.") for k in state["model"]):
+            raise ValueError(f"{ckpt_path} is from an older training layout (UNet only); use a new --work folder")
+        model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"]); rng.bit_generator.state = state["rng"]
         step, done = state["step"], state.get("done", False)
         log(f"unet: resumed at step {step}{' (done)' if done else ''}")
+    frozen_table = None
+    if not cfg.train_text_encoder:
+        with torch.no_grad():
+            frozen_table = text_encoder.eval()(token_ids)[0]
     start, losses = time.monotonic(), []
-    unet.train()
+    model.train()
     while not done and step < cfg.unet_steps:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
-        idx = torch.from_numpy(rng.integers(0, len(latents), cfg.unet_batch))
+            g["lr"] = _lr(step, cfg.unet_steps, g["base_lr"])
         k = int(rng.integers(1, cfg.max_cond + 1))
-        offset = int(rng.integers(0, cfg.max_cond - k + 1))  # window [offset, offset + k + F) inside the clip
-        batch = latents[idx, :, offset:offset + k + cfg.frames]
-        text_idx = caption_idx[idx].clone()
+        if turn_latents is not None and rng.random() < cfg.turn_fraction:
+            # a turn clip turns at frame max_cond: the conditioning is the k frames just before it
+            idx = torch.from_numpy(rng.integers(0, len(turn_latents), cfg.unet_batch))
+            offset = cfg.max_cond - k
+            batch = turn_latents[idx, :, offset:offset + k + cfg.frames]
+            text_idx = turn_idx[idx].clone()
+        else:
+            idx = torch.from_numpy(rng.integers(0, len(latents), cfg.unet_batch))
+            offset = int(rng.integers(0, cfg.max_cond - k + 1))  # window [offset, offset + k + F) inside the clip
+            batch = latents[idx, :, offset:offset + k + cfg.frames]
+            text_idx = caption_idx[idx].clone()
         text_idx[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.prompt_dropout)] = empty
-        loss = unet_loss(unet, scheduler, batch, k, cfg.frames, table[text_idx], gen)
+        text = frozen_table[text_idx] if frozen_table is not None else text_encoder(token_ids[text_idx])[0]
+        loss = unet_loss(model["unet"], scheduler, batch, k, cfg.frames, text, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         step += 1
         decay = min(cfg.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
+            for pe, p in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(p, 1 - decay)
         losses.append(loss.item())
         out_of_time = time.monotonic() - start > cfg.unet_minutes * 60
         if step % cfg.checkpoint_every == 0 or step >= cfg.unet_steps or out_of_time:
             done = step >= cfg.unet_steps or out_of_time
-            _save_checkpoint(ckpt_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+            _save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
                              gen=gen.get_state(), rng=rng.bit_generator.state, step=step, done=done)
             log(f"unet: step {step} loss {np.mean(losses[-cfg.checkpoint_every:]):.4f} "
                 f"({time.monotonic() - start:.0f}s)")
-    return ema.eval()
+    ema.eval()
+    return ema["unet"], ema["text_encoder"]
 
 
 # -- output folder ------------------------------------------------------------------------------
@@ -456,11 +508,15 @@ def main(argv=None) -> int:
     p.add_argument("--stage", choices=("all", "unet", "decoder"), default="all",
                    help="run only the UNet or the decoder stage (after the VAE; they are independent and may "
                         "run side by side); 'all' also writes --out")
-    for name in ("vae_steps", "vae_batch", "vae_clips", "unet_steps", "unet_batch", "unet_clips", "frames", "max_cond", "size"):
+    for name in ("vae_steps", "vae_batch", "vae_clips", "unet_steps", "unet_batch", "unet_clips", "turn_clips", "frames",
+                 "max_cond", "size"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(TrainConfig, name))
     p.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
-    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr", "decoder_minutes"):
+    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr", "decoder_minutes", "turn_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(TrainConfig, name))
+    p.add_argument("--text-lr", type=float, default=TrainConfig.text_lr)
+    p.add_argument("--frozen-text-encoder", dest="train_text_encoder", action="store_false",
+                   help="keep the random text encoder frozen (the first shipped model's setting)")
     p.add_argument("--unet-channels", default=",".join(map(str, TrainConfig.unet_channels)))
     p.add_argument("--vae-channels", default=",".join(map(str, TrainConfig.vae_channels)))
     args = p.parse_args(argv)
@@ -478,7 +534,7 @@ def main(argv=None) -> int:
     tokenizer = make_word_tokenizer()
     text_encoder = make_text_encoder(len(tokenizer), cfg.seed + 3)
     if args.stage in ("all", "unet"):
-        unet = train_unet(cfg, work, vae, tokenizer, text_encoder, log)
+        unet, text_encoder = train_unet(cfg, work, vae, tokenizer, text_encoder, log)
     if args.stage in ("all", "decoder"):
         vae = train_decoder(cfg, work, vae, log)
     if args.stage != "all":

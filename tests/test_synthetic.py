@@ -77,3 +77,22 @@ def test_vocabulary_covers_every_caption():
     clips = synthetic.make_clips(30, 1, seed=5)
     for c in clips:
         assert set(c.caption.split()) <= set(synthetic.VOCABULARY)
+
+
+def test_turn_clip_changes_direction_at_turn_at_and_is_captioned_with_the_new_one():
+    rng = np.random.default_rng(3)
+    spec = synthetic.sample_spec(rng, motion="left")
+    clip = synthetic.render_turn_clip(spec, "down", turn_at=4, num_frames=8)
+    assert clip.caption.endswith("moving down on a " + spec.background + " background")
+    assert clip.caption.startswith(f"a {spec.colour} {spec.shape}")
+    step = np.diff(clip.positions.astype(np.float64), axis=0)
+    step = np.mod(step + 16, 32) - 16  # torus
+    speed = np.hypot(spec.vx, spec.vy)
+    np.testing.assert_allclose(step[:3], [[-speed, 0]] * 3, atol=1e-4)   # frames 0..3: left
+    np.testing.assert_allclose(step[3:], [[0, speed]] * 4, atol=1e-4)    # from frame 4: down, from frame 3's place
+    clips = synthetic.make_turn_clips(6, 8, 4, seed=1)
+    assert all(c.frames.shape == (8, 32, 32, 3) for c in clips)
+    assert [c.caption for c in clips] == [c.caption for c in synthetic.make_turn_clips(6, 8, 4, seed=1)]
+    first_dirs = [np.sign(np.mod(np.diff(c.positions[:2], axis=0)[0] + 16, 32) - 16) for c in clips]
+    last_dirs = [synthetic.direction_vector(c.spec.motion) for c in clips]
+    assert all(not np.allclose(a, b) for a, b in zip(first_dirs, last_dirs))  # every clip really turns

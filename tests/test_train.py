@@ -13,7 +13,7 @@ from continuityseq_stream import synthetic, train
 def _tiny_cfg(**kw):
     base = dict(vae_channels=(8, 16, 16, 16), vae_groups=8, unet_channels=(32, 32), unet_groups=8,
                 frames=2, max_cond=2, vae_clips=2, unet_clips=4, vae_steps=2, unet_steps=2, vae_batch=4,
-                unet_batch=2, checkpoint_every=1, decoder_steps=2)
+                unet_batch=2, checkpoint_every=1, decoder_steps=2, turn_clips=2, turn_fraction=0.5)
     base.update(kw)
     return train.TrainConfig(**base)
 
@@ -98,7 +98,10 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     enc = train.make_text_encoder(len(tok), seed=0)
     vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
     assert torch.load(tmp_path / "vae.pt", weights_only=False)["done"]
-    unet = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
+    unet, enc_trained = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
+    # the text encoder was trained with the UNet (a copy: the frozen one passed in is untouched)
+    changed = [k for k, v in enc_trained.state_dict().items() if not torch.equal(v, enc.state_dict()[k])]
+    assert changed and not any(p.requires_grad for p in enc_trained.parameters())
     # resuming a finished stage does no more steps
     cfg2 = _tiny_cfg()
     messages = []
@@ -109,7 +112,7 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     assert torch.load(tmp_path / "decoder.pt", weights_only=False)["step"] == 2
     for k, v in vae.encoder.state_dict().items():  # the UNet's latent space is untouched
         assert torch.equal(v, encoder_before[k]), k
-    folder = train.save_pipeline_folder(tmp_path / "out", unet, vae, enc, tok, {"test": True})
+    folder = train.save_pipeline_folder(tmp_path / "out", unet, vae, enc_trained, tok, {"test": True})
     assert json.loads((folder / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
     pipe = ContinuitySeqPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
@@ -117,6 +120,22 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     out = pipe("a red circle moving left on a gray background", image=frame, times=2, num_frames=2,
                num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (4, 32, 32, 3) and out.frames.dtype == np.uint8
+
+
+def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_refused(tmp_path):
+    cfg = _tiny_cfg(train_text_encoder=False, turn_fraction=1.0)  # every batch from the turn clips
+    tok = train.make_word_tokenizer()
+    enc = train.make_text_encoder(len(tok), seed=0)
+    vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
+    _, enc_out = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in enc_out.state_dict().items())
+    turns = torch.load(tmp_path / "turns-2x4.pt", weights_only=False)  # the turn clips' latents, cached
+    assert turns["latents"].shape[:3] == (2, 4, 4) and len(turns["captions"]) == 2
+    state = torch.load(tmp_path / "unet.pt", weights_only=False)
+    state["model"] = {k.removeprefix("unet."): v for k, v in state["model"].items() if k.startswith("unet.")}
+    torch.save(state, tmp_path / "unet.pt")
+    with pytest.raises(ValueError, match="new --work folder"):
+        train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
 
 
 @pytest.mark.skipif(__import__("continuityseq_stream.demo_model", fromlist=["x"]).trained_demo_path() is None,
