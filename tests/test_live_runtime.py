@@ -50,6 +50,20 @@ def _decode_count(path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
+def _start(args: dict) -> subprocess.Popen:
+    """The runtime in a child process (its own session), configured by `args` (see RUNNER)."""
+    return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _status_of(client: ControlClient):
+    """The run's status answer, or None while its control socket is not bound yet."""
+    try:
+        return client.call("status")
+    except Exception:  # noqa: BLE001
+        return None
+
+
 @pytest.mark.slow
 def test_control_socket_steers_a_forever_run(tmp_path):
     zmq_port, control = free_port(), f"tcp://127.0.0.1:{free_port()}"
@@ -66,15 +80,11 @@ def test_control_socket_steers_a_forever_run(tmp_path):
     sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.zmq", f"tcp://127.0.0.1:{zmq_port}",
                             "--pull", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)
-    run = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, start_new_session=True)
+    run = _start(args)
     client = ControlClient(control, timeout=5.0)
     try:
         def status():
-            try:
-                return client.call("status")
-            except Exception:  # noqa: BLE001 - the socket is not bound before the run starts
-                return None
+            return _status_of(client)
 
         _wait(lambda: (s := status()) and s["chunks_made"] >= 3 and s, 60, "three chunks")
 
@@ -171,15 +181,11 @@ def test_status_line_says_paused_while_the_control_pause_holds_the_producer(tmp_
         "sinks": [f"file:{tmp_path / 'out.mp4'}"],
         "options": {"source": SOURCE, "source_kwargs": {"delay": 0.02}, "status_interval": 0.2, "control": control},
     }
-    run = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, start_new_session=True)
+    run = _start(args)
     client = ControlClient(control, timeout=5.0)
     try:
         def status():
-            try:
-                return client.call("status")
-            except Exception:  # noqa: BLE001 - not bound yet
-                return None
+            return _status_of(client)
 
         _wait(lambda: (s := status()) and s["chunks_made"] >= 2, 60, "two chunks")
         client.call("pause")
