@@ -95,6 +95,7 @@ class TrainConfig:
     text_lr: float = 1e-3
     turn_clips: int = 1000           # clips that change direction where the conditioning ends
     turn_fraction: float = 0.3       # share of batches drawn from them
+    cond_dropout: float = 0.0        # share of samples whose conditioning latents are zeroed
     ema: float = 0.995
     checkpoint_every: int = 50
     extra: dict = field(default_factory=dict)
@@ -459,6 +460,10 @@ def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=p
             batch = latents[idx, :, offset:offset + k + cfg.frames]
             text_idx = caption_idx[idx].clone()
         text_idx[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.prompt_dropout)] = empty
+        if cfg.cond_dropout > 0:  # nothing to continue from: colour, shape, place and motion come from the text
+            dropped = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cond_dropout)
+            batch = batch.clone()
+            batch[dropped, :, :k] = 0.0
         text = frozen_table[text_idx] if frozen_table is not None else text_encoder(token_ids[text_idx])[0]
         loss = unet_loss(model["unet"], scheduler, batch, k, cfg.frames, text, gen)
         opt.zero_grad(set_to_none=True)
@@ -512,7 +517,7 @@ def main(argv=None) -> int:
                  "max_cond", "size"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(TrainConfig, name))
     p.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
-    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr", "decoder_minutes", "turn_fraction"):
+    for name in ("vae_minutes", "unet_minutes", "unet_lr", "vae_lr", "decoder_minutes", "turn_fraction", "cond_dropout"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(TrainConfig, name))
     p.add_argument("--text-lr", type=float, default=TrainConfig.text_lr)
     p.add_argument("--frozen-text-encoder", dest="train_text_encoder", action="store_false",

@@ -123,7 +123,7 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
 
 
 def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_refused(tmp_path):
-    cfg = _tiny_cfg(train_text_encoder=False, turn_fraction=1.0)  # every batch from the turn clips
+    cfg = _tiny_cfg(train_text_encoder=False, turn_fraction=1.0, cond_dropout=0.5)  # every batch from the turn clips
     tok = train.make_word_tokenizer()
     enc = train.make_text_encoder(len(tok), seed=0)
     vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
