@@ -379,6 +379,18 @@ def train_decoder(cfg: TrainConfig, work: Path, vae, log=print):
 
 
 # -- stage 2: UNet ------------------------------------------------------------------------------
+def _encoded_clips(cache: Path, vae, log, what: str, make) -> dict:
+    """{"latents": [N, 4, T, h, w], "captions": [...]} of the clips `make()` renders, cached in `cache`."""
+    if cache.is_file():
+        return torch.load(cache, weights_only=False)
+    t0 = time.monotonic()
+    clips = make()
+    data = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}
+    torch.save(data, cache)
+    log(f"unet: encoded {len(clips)} {what} in {time.monotonic() - t0:.0f}s")
+    return data
+
+
 def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=print):
     """Train (or resume) the UNet (and, with `cfg.train_text_encoder`, the text encoder jointly) on VAE
     latents of synthetic clips; returns the EMA `(unet, text_encoder)` in eval mode.
@@ -390,27 +402,14 @@ def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=p
     ckpt_path = work / "unet.pt"
     scheduler = make_scheduler()
     clip_len = cfg.max_cond + cfg.frames
-    cache = work / f"latents-{cfg.unet_clips}x{clip_len}.pt"
-    if cache.is_file():
-        data = torch.load(cache, weights_only=False)
-    else:
-        t0 = time.monotonic()
-        clips = synthetic.make_clips(cfg.unet_clips, clip_len, cfg.seed + 2, cfg.size)
-        data = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}
-        torch.save(data, cache)
-        log(f"unet: encoded {len(clips)} clips in {time.monotonic() - t0:.0f}s")
+    data = _encoded_clips(work / f"latents-{cfg.unet_clips}x{clip_len}.pt", vae, log, "clips",
+                          lambda: synthetic.make_clips(cfg.unet_clips, clip_len, cfg.seed + 2, cfg.size))
     latents, captions = data["latents"], data["captions"]
     turn_latents, turn_captions = None, []
     if cfg.turn_clips and cfg.turn_fraction > 0:
-        turn_cache = work / f"turns-{cfg.turn_clips}x{clip_len}.pt"
-        if turn_cache.is_file():
-            turns = torch.load(turn_cache, weights_only=False)
-        else:
-            t0 = time.monotonic()
-            clips = synthetic.make_turn_clips(cfg.turn_clips, clip_len, cfg.max_cond, cfg.seed + 4, cfg.size)
-            turns = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}
-            torch.save(turns, turn_cache)
-            log(f"unet: encoded {len(clips)} turn clips in {time.monotonic() - t0:.0f}s")
+        turns = _encoded_clips(
+            work / f"turns-{cfg.turn_clips}x{clip_len}.pt", vae, log, "turn clips",
+            lambda: synthetic.make_turn_clips(cfg.turn_clips, clip_len, cfg.max_cond, cfg.seed + 4, cfg.size))
         turn_latents, turn_captions = turns["latents"], turns["captions"]
     unique = sorted(set(captions) | set(turn_captions)) + [""]
     token_ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
