@@ -238,7 +238,7 @@ def test_producer_crash_is_one_line_nonzero_and_sinks_keep_what_they_had(tmp_pat
 
 
 def test_bad_arguments_raise_before_anything_starts():
-    with pytest.raises(ConfigError, match="--sink"):
+    with pytest.raises(ConfigError, match="sinks: no sink given"):
         run(config(), [], options())
     with pytest.raises(ConfigError, match="unknown sink"):
         run(config(), ["nonsense://x"], options())
