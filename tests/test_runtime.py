@@ -242,7 +242,7 @@ def test_bad_arguments_raise_before_anything_starts():
         run(config(), [], options())
     with pytest.raises(ConfigError, match="unknown sink"):
         run(config(), ["nonsense://x"], options())
-    with pytest.raises(ConfigError, match="ring-frames"):
+    with pytest.raises(ConfigError, match="ring_frames: got 1"):
         options(ring_frames=1)
     with pytest.raises(ConfigError, match="duration"):
         options(duration=-1)
