@@ -108,11 +108,11 @@ def test_runtime_options_refuse_non_finite_seconds():
     ("file:{d}/out.mp4?segment=5", "segment= needs one printf counter"),         # no counter: TypeError
     ("file:{d}/out_%d_%d.mp4?segment=5", "segment= needs one printf counter"),   # two counters
     ("file:{d}/out_%.0s.mp4?segment=5", "a counter that changes the name"),      # formats, same name
-    ("file:{d}/out_%03d.mp4?segment=0.5", "option segment='0.5' must be a float in [1, 1e+09]"),
+    ("file:{d}/out_%03d.mp4?segment=0.5", "option segment='0.5' must be a number in [1, 1e+09]"),
     ("file:{d}/out_%03d.mp4?segment=nan", "option segment='nan'"),
     ("file:{d}/out_%03d.mp4?segment=inf", "option segment='inf'"),
     ("file:{d}/x.mp4?preset=bogus", "option preset='bogus' is not one of ultrafast, superfast"),
-    ("file:{d}/x.mp4?crf=nan", "option crf='nan' must be a int in [0, 51]"),
+    ("file:{d}/x.mp4?crf=nan", "option crf='nan' must be an integer in [0, 51]"),
     ("file:{d}/x.mp4?keyint=0", "option keyint='0'"),
     ("rtmp://127.0.0.1/live/k?preroll=nan", "option preroll='nan'"),
     ("rtmp://127.0.0.1/live/k?preroll=inf", "option preroll='inf'"),

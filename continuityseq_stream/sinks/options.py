@@ -40,7 +40,8 @@ def parse_number(uri: str, name: str, value: str, kind, lo, hi):
     except ValueError:
         number = None
     if number is None or not math.isfinite(number) or not lo <= number <= hi:
-        raise sink_error(uri, f"option {name}={value!r} must be a {kind.__name__} in [{lo:g}, {hi:g}]")
+        what = "an integer" if kind is int else "a number"
+        raise sink_error(uri, f"option {name}={value!r} must be {what} in [{lo:g}, {hi:g}]")
     return number
 
 
