@@ -10,8 +10,13 @@ bottom or in the module that defines it, imported here).
 
 `run` takes every flag of the original `inference.py` (short and long names as the original;
 underscore and hyphen spellings both accepted) and writes an H.264 mp4 while chunks arrive. The
-loop that moves chunks to the output is `run_loop()`: the one function to swap for another
-runtime (producer process, ring buffer, several sinks).
+loop that moves chunks to the output is `runtime.run` (producer process, ring buffer, several
+sinks); `prepare_stream()` builds its sinks and options first and `run_loop()` does both.
+
+Bad input is refused before anything starts, in this order: flag values (`GenerationConfig`),
+`session.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
+options, the frame ring's shared memory, every --sink). Library errors name arguments; `flag_for`
+spells them as this command's flags (see errors.py).
 
 Errors: a `ContinuitySeqError` (or a click usage error) becomes one line on stderr and exit status 2.
 Ctrl-C / SIGTERM stop gracefully (sinks drain and close, status 0); a second Ctrl-C forces (130).
@@ -62,7 +67,7 @@ class DefaultGroup(click.Group):
             click.echo(f"{PROG}: error: {' '.join(e.format_message().split())}{hint}", err=True)
             sys.exit(2)
         except ContinuitySeqError as e:
-            click.echo(f"{PROG}: error: {' '.join(str(e).split())}", err=True)
+            click.echo(f"{PROG}: error: {' '.join(e.render(flag_for).split())}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo(f"{PROG}: interrupted", err=True)
@@ -70,6 +75,21 @@ class DefaultGroup(click.Group):
         if isinstance(rv, int) and rv:
             sys.exit(rv)
         return rv
+
+
+def flag_for(name: str) -> str:
+    """The `run` flag that sets argument `name`, as errors spell it: 'guidance_scale' ->
+    '-g/--guidance-scale', 'sinks' -> '--sink'. A name no flag sets is returned unchanged.
+
+    Library errors name arguments (`ContinuitySeqError.names`); this is the one map from those names
+    to flags, read from the click options themselves so that it cannot drift from them."""
+    command = main.commands.get("run")
+    for param in getattr(command, "params", ()):
+        if param.name == name and isinstance(param, click.Option):
+            short = [o for o in param.opts if not o.startswith("--")]
+            long = [o for o in param.opts if o.startswith("--")]
+            return "/".join(short[:1] + long[:1])
+    return name
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,23 +115,35 @@ def output_stem(config: GenerationConfig, short_id: Optional[str] = None) -> str
     return stem
 
 
-def run_loop(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
-             sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64,
-             schedule=None, control: Optional[str] = None, control_allow_remote: bool = False) -> int:
-    """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
-    and return the exit status. Without `sinks`, the one sink is the mp4 file at `output_path`
-    (created at the first frame: a run that fails before it leaves nothing behind).
+def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
+                   sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64,
+                   schedule=None, control: Optional[str] = None, control_allow_remote: bool = False):
+    """The sinks and `RuntimeOptions` of a run, every cheap check of them done (bad input raises
+    here, before anything starts: option values, the frame ring's shared memory, each --sink URI and
+    target). Without `sinks`, the one sink is the mp4 file at `output_path` (created at the first
+    frame: a run that fails before it leaves nothing behind).
     schedule: a `PromptSchedule` (--prompts-file); control: the --control bind address."""
-    from .runtime import RuntimeOptions, run
+    from .ringbuffer import check_ring_memory
+    from .runtime import RuntimeOptions, build_sinks
 
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
                              source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
                              control=control, control_allow_remote=control_allow_remote)
+    check_ring_memory(options.ring_frames, *config.frame_size)
     if not sinks:  # the path as a sink object: a '?' in -o must not be read as URI options
         from .sinks.file import FileSink
 
-        sinks = [FileSink(output_path)]
-    return run(config, list(sinks), options)
+        return [FileSink(output_path)], options
+    return build_sinks(sinks), options
+
+
+def run_loop(config: GenerationConfig, output_path: str, **stream) -> int:
+    """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
+    and return the exit status; `stream` as `prepare_stream`."""
+    from .runtime import run
+
+    sinks, options = prepare_stream(config, output_path, **stream)
+    return run(config, sinks, options)
 
 
 # -- the `run` command ---------------------------------------------------------------------------
@@ -247,9 +279,11 @@ _DEMO_FLAGS = {"width": "width", "height": "height", "num_frames": "num_frames",
                "num_steps": "num_inference_steps"}
 
 
-def _demo_defaults(options: dict) -> None:
+def _demo_defaults(options: dict) -> list[str]:
     """`--model demo`: the trained demo's own settings for the flags the user left at their default
-    (the original's 576x320, 8 frames, guidance 30 are far outside what that tiny model knows)."""
+    (the original's 576x320, 8 frames, guidance 30 are far outside what that tiny model knows).
+    Returns what was applied, for a log line once the input has passed its checks (a run refused for
+    bad input prints its one error line and nothing else)."""
     from .demo_model import DEMO_SETTINGS
 
     ctx = click.get_current_context()
@@ -258,8 +292,7 @@ def _demo_defaults(options: dict) -> None:
         if ctx.get_parameter_source(field) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
             options[field] = DEMO_SETTINGS[key]
             applied.append(f"{field} {DEMO_SETTINGS[key]}")
-    if applied:
-        logging.getLogger("continuityseq_stream").info("demo model settings (flags not given): %s", ", ".join(applied))
+    return applied
 
 
 def _run(**options) -> None:
@@ -278,8 +311,7 @@ def _run(**options) -> None:
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     if options["model_2d"] is None:  # the offline random demo pairs with the offline text-to-image demo
         options["model_2d"] = "demo" if options["model"] == RANDOM_DEMO_NAME else DEFAULT_MODEL_2D
-    if options["model"] in TRAINED_DEMO_NAMES:
-        _demo_defaults(options)
+    demo_applied = _demo_defaults(options) if options["model"] in TRAINED_DEMO_NAMES else []
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:
@@ -289,7 +321,12 @@ def _run(**options) -> None:
     stem = output_stem(config)
     path = os.path.join(config.output_dir, stem + ".mp4")
     save_init_to = os.path.join(config.output_dir, stem + "_init.png") if config.save_init else None
-    status = run_loop(config, path, save_init_to=save_init_to, schedule=schedule, **stream)
+    sinks, run_options = prepare_stream(config, path, save_init_to=save_init_to, schedule=schedule, **stream)
+    if demo_applied:  # only now: input refused above gets its one error line and nothing else
+        logger.info("demo model settings (flags not given): %s", ", ".join(demo_applied))
+    from .runtime import run as run_stream
+
+    status = run_stream(config, sinks, run_options)
     if not stream["sinks"] and os.path.exists(path):
         click.echo(path)  # only for the default file sink: with --sink, stdout may carry the video
     if status:

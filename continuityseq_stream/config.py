@@ -1,63 +1,42 @@
 """Frozen, validated configuration of one generation run.
 
 Every flag of the original `inference.py` has a field here with the original's meaning. Values are
-checked once, when the object is built; a bad value raises `ConfigError` naming the flag, the value
-and what would work. Unknown keys are errors, never ignored.
+checked once, when the object is built; a bad value raises `ConfigError` naming the field, the value
+and what would work (the field is a `{name}` placeholder of the error: a Python caller reads
+`guidance_scale`, the CLI spells it as its flag, `-g/--guidance-scale`). NaN, infinities and sizes
+or counts beyond the bounds below are refused here, not discovered after the model has loaded.
+Unknown keys are errors, never ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, bad_value
 
 DEFAULT_MODEL = "b-f/ContinuitySeq-A"
 DEFAULT_MODEL_2D = "stabilityai/stable-diffusion-2-1"
 DEFAULT_UPSCALER = "stabilityai/sd-x2-latent-upscaler"
 DTYPES = ("float32", "float16", "bfloat16")
 
-
-def _flag(name: str) -> str:
-    """The CLI spelling of a config field, for error messages."""
-    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-
-
-# Field name -> the original inference.py flag, so errors speak the user's language.
-FLAG_NAMES = {
-    "model": "-m/--model",
-    "prompt": "-p/--prompt",
-    "times": "-t/--times",
-    "output_dir": "-o/--output-dir",
-    "negative_prompt": "-n/--negative-prompt",
-    "num_frames": "-T/--num-frames",
-    "min_conditioning_frames": "-CN/--min_conditioning_n_sample_frames",
-    "max_conditioning_frames": "-CX/--max_conditioning_n_sample_frames",
-    "width": "-WI/--width",
-    "height": "-HI/--height",
-    "image_width": "-IW/--image-width",
-    "image_height": "-IH/--image-height",
-    "model_2d": "-MP/--model-2d",
-    "init_image": "-i/--init-image",
-    "init_video": "--init-video",
-    "vae_scale": "-VS/--vae-scale",
-    "vae_batch_size": "-VB/--vae-batch-size",
-    "num_steps": "-s/--num-steps",
-    "guidance_scale": "-g/--guidance-scale",
-    "image_guidance_scale": "-IG/--image-guidance-scale",
-    "fps": "-f/--fps",
-    "device": "-d/--device",
-    "dtype": "--dtype",
-    "xformers": "-x/--xformers",
-    "sdp": "-S/--sdp",
-    "seed": "-r/--seed",
-    "save_init": "-I/--save-init",
-    "include_model": "-N/--include-model",
-    "upscale": "-u/--upscale",
-    "upscaler": "--upscaler",
-    "compile": "--compile",
-}
+#: Upper bounds of the sizes and counts (documented in docs/bad-input.md). A side of 4096 pixels is
+#: 512 latents, far beyond what the model was trained on (576x320); above it a chunk would not come in
+#: any useful time and the frame ring (64 frames) would outgrow shared memory. The ring's real size is
+#: checked against /dev/shm before the producer starts (ringbuffer.check_ring_memory).
+MAX_SIDE = 4096
+MAX_FRAMES = 256
+#: DDIM and the SD-family schedulers are trained on 1000 timesteps; more steps raise in the scheduler
+MAX_STEPS = 1000
+#: torch.Generator.manual_seed takes 64 bits; the control socket's set_seed takes the same range
+MAX_SEED = 2**63 - 1
+#: frame rates a file, an RTMP stream and the pacing clock all handle (below 1 fps the x264 key
+#: frame interval and FLV timing degenerate; 0.0001 fps rounds to a zero time base)
+FPS_RANGE = (1.0, 240.0)
+#: the latent upscaler (-u) doubles each side of the frames
+UPSCALE_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -123,49 +102,100 @@ class GenerationConfig:
     def forever(self) -> bool:
         return self.times == 0
 
-    # -- validation -----------------------------------------------------------------------------
-    def _fail(self, name: str, value: Any, what_works: str) -> None:
-        raise ConfigError(f"{_flag(name)}: got {value!r}; {what_works}")
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the sinks receive: the video size, doubled with `upscale`."""
+        factor = UPSCALE_FACTOR if self.upscale else 1
+        return self.height * factor, self.width * factor
 
+    # -- validation -----------------------------------------------------------------------------
     def _validate(self) -> None:
+        """Every field, in the order a user reads them; the first bad one raises `ConfigError`."""
+        self._check_text()
+        self._check_sizes()
+        self._check_counts()
+        self._check_numbers()
+        self._check_runtime_choices()
+        self._check_flags()
+        if self.init_image is not None and self.init_video is not None:
+            raise bad_value("init_video", self.init_video, "give either {init_image} or {init_video}, not both",
+                            "init_image")
+        if self.seed is not None:
+            _int(self, "seed", 0, MAX_SEED, f"use an integer in [0, {MAX_SEED}] (torch seeds are 64-bit)")
+
+    def _check_text(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            self._fail("prompt", self.prompt, "give a non-empty prompt")
+            raise bad_value("prompt", self.prompt, "give a non-empty prompt")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise bad_value("model", self.model, "give a model folder, a hub id, demo or demo-random")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise bad_value("negative_prompt", self.negative_prompt, "give text, or leave it unset for the empty prompt")
+
+    def _check_sizes(self) -> None:
         for name in ("width", "height"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 8 or v % 8:
-                self._fail(name, v, "use a positive multiple of 8 (the VAE downsamples by 8), e.g. 576x320")
+            _int(self, name, 8, MAX_SIDE, f"use a multiple of 8 in [8, {MAX_SIDE}] (the VAE downsamples by 8), e.g. 576x320")
+            if getattr(self, name) % 8:
+                raise bad_value(name, getattr(self, name), "use a multiple of 8 (the VAE downsamples by 8), e.g. 576x320")
         for name in ("image_width", "image_height"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 8 or v % 8):
-                self._fail(name, v, "use a positive multiple of 8, or leave it unset to use the video size")
-        if not isinstance(self.times, int) or self.times < 0:
-            self._fail("times", self.times, "use a number of chunks >= 1, or 0 to run until stopped")
-        if not isinstance(self.num_frames, int) or self.num_frames < 1:
-            self._fail("num_frames", self.num_frames, "use a number of frames per chunk >= 1")
-        cn, cx = self.min_conditioning_frames, self.max_conditioning_frames
-        if not isinstance(cn, int) or cn < 1:
-            self._fail("min_conditioning_frames", cn, "use at least 1 conditioning frame")
-        if not isinstance(cx, int) or cx < cn:
-            self._fail("max_conditioning_frames", cx, f"use a value >= {_flag('min_conditioning_frames')} ({cn})")
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            self._fail("num_steps", self.num_steps, "use at least 1 denoising step")
-        if not isinstance(self.vae_batch_size, int) or self.vae_batch_size < 1:
-            self._fail("vae_batch_size", self.vae_batch_size, "use a batch of at least 1 frame")
-        if not (isinstance(self.fps, (int, float)) and self.fps > 0):
-            self._fail("fps", self.fps, "use a positive frame rate, e.g. 16")
-        if self.vae_scale is not None and not (isinstance(self.vae_scale, (int, float)) and self.vae_scale > 0):
-            self._fail("vae_scale", self.vae_scale, "use a positive factor (SD VAEs use 0.18215) or leave it unset")
+            if getattr(self, name) is None:
+                continue
+            what = f"use a multiple of 8 in [8, {MAX_SIDE}], or leave it unset to use the video size"
+            _int(self, name, 8, MAX_SIDE, what)
+            if getattr(self, name) % 8:
+                raise bad_value(name, getattr(self, name), what)
+
+    def _check_counts(self) -> None:
+        _int(self, "times", 0, None, "use a number of chunks >= 1, or 0 to run until stopped")
+        _int(self, "num_frames", 1, MAX_FRAMES, f"use a number of frames per chunk in [1, {MAX_FRAMES}]")
+        _int(self, "min_conditioning_frames", 1, None, "use at least 1 conditioning frame")
+        if not _is_int(self.max_conditioning_frames) or self.max_conditioning_frames < self.min_conditioning_frames:
+            raise bad_value("max_conditioning_frames", self.max_conditioning_frames,
+                            f"use a value >= {{min_conditioning_frames}} ({self.min_conditioning_frames})",
+                            "min_conditioning_frames")
+        _int(self, "num_steps", 1, MAX_STEPS,
+             f"use a number of denoising steps in [1, {MAX_STEPS}] (the schedulers are trained on {MAX_STEPS} timesteps)")
+        _int(self, "vae_batch_size", 1, None, "use a batch of at least 1 frame")
+
+    def _check_numbers(self) -> None:
+        _number(self, "fps", FPS_RANGE[0], FPS_RANGE[1],
+                f"use a frame rate in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}], e.g. 16")
+        if self.vae_scale is not None:
+            _number(self, "vae_scale", 0, None, "use a positive factor (SD VAEs use 0.18215) or leave it unset",
+                    open_low=True)
         for name in ("guidance_scale", "image_guidance_scale"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                self._fail(name, v, "use a guidance scale >= 0 (values <= 1 turn classifier-free guidance off)")
+            _number(self, name, 0, None, "use a finite guidance scale >= 0 (values <= 1 turn classifier-free guidance off)")
+
+    def _check_runtime_choices(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
-            self._fail("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
+            raise bad_value("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
         if self.device is not None:
             base = str(self.device).split(":")[0]
             if base not in ("cpu", "cuda", "mps"):
-                self._fail("device", self.device, "use cpu, cuda, cuda:N or mps")
-        if self.init_image is not None and self.init_video is not None:
-            self._fail("init_video", self.init_video, f"give either {_flag('init_image')} or --init-video, not both")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            self._fail("seed", self.seed, "use a non-negative integer")
+                raise bad_value("device", self.device, "use cpu, cuda, cuda:N or mps")
+
+    def _check_flags(self) -> None:
+        for name in ("xformers", "sdp", "save_init", "include_model", "upscale", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad_value(name, getattr(self, name), "use True or False")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(config: GenerationConfig, name: str, lo: int, hi: Optional[int], what_works: str) -> None:
+    """`ConfigError` unless field `name` is an int (not a bool) in [lo, hi] (hi None: no upper bound)."""
+    value = getattr(config, name)
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        raise bad_value(name, value, what_works)
+
+
+def _number(config: GenerationConfig, name: str, lo: float, hi: Optional[float], what_works: str,
+            open_low: bool = False) -> None:
+    """`ConfigError` unless field `name` is a finite int/float in [lo, hi] ((lo, hi] with `open_low`).
+    NaN and infinities are refused here: they pass every comparison-based check and fail much later."""
+    value = getattr(config, name)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > lo if open_low else value >= lo) and (hi is None or value <= hi))
+    if not ok:
+        raise bad_value(name, value, what_works)

@@ -58,7 +58,8 @@ import numpy as np
 from .chunk import FrameMeta
 from .errors import ConfigError, ContinuitySeqError
 
-__all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES"]
+__all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
+           "ring_bytes"]
 
 POLICY_CODES = {"block": 0, "latest": 1}
 
@@ -120,10 +121,28 @@ class ProcessEvent:
         return True
 
 
-def _check_shared_memory(size: int, slots: int, height: int, width: int, folder: str = "/dev/shm") -> None:
-    """ConfigError when `folder` cannot hold the ring. The segment is created sparse and only fails
-    when a page is first written: the producer would die of SIGBUS mid-run (Docker's default /dev/shm
-    is 64 MB; 64 frames of 1152x640 need 140 MB)."""
+def ring_bytes(slots: int, height: int, width: int, prompt_bytes: int = 256) -> int:
+    """Bytes of the shared-memory segment of a ring of `slots` frames of `height` x `width`."""
+    return _layout(slots, height, width, prompt_bytes)[-1]
+
+
+def _layout(slots: int, height: int, width: int, prompt_bytes: int) -> tuple[int, int, int, int]:
+    """Offsets of the metadata, pts and prompt arrays after the frames, and the total size."""
+    frames = slots * height * width * 3
+    meta = -(-frames // 8) * 8
+    pts = meta + slots * _M_FIELDS * 8
+    prompts = pts + slots * 8
+    return meta, pts, prompts, prompts + max(1, slots * prompt_bytes)
+
+
+def check_ring_memory(slots: int, height: int, width: int, prompt_bytes: int = 256, folder: str = "/dev/shm") -> None:
+    """ConfigError when `folder` cannot hold a ring of `slots` frames of `height` x `width`.
+
+    The segment is created sparse and only fails when a page is first written: the producer would
+    die of SIGBUS mid-run (Docker's default /dev/shm is 64 MB; 64 frames of 1152x640 need 140 MB).
+    `runtime.run` calls this with the frame size the config will produce before the producer starts,
+    so an absurd `ring_frames` (or size) is refused before any model work; `allocate` checks again."""
+    size = ring_bytes(slots, height, width, prompt_bytes)
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -131,9 +150,9 @@ def _check_shared_memory(size: int, slots: int, height: int, width: int, folder:
     free = st.f_bavail * st.f_frsize
     if size > free:
         raise ConfigError(
-            f"--ring-frames: {slots} frames of {width}x{height} need {size / 2**20:.0f} MiB of shared memory, "
-            f"{folder} has {free / 2**20:.0f} MiB free; use a smaller --ring-frames or more shared memory "
-            "(e.g. docker run --shm-size=1g)")
+            f"{{ring_frames}}: {slots} frames of {width}x{height} need {size / 2**20:,.0f} MiB of shared memory, "
+            f"{folder} has {free / 2**20:,.0f} MiB free; use a smaller {{ring_frames}} or video size, or more "
+            "shared memory (e.g. docker run --shm-size=1g)", names=("ring_frames",))
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:
@@ -153,7 +172,7 @@ class FrameRing:
 
     def __init__(self, slots: int, *, max_readers: int = 16, prompt_bytes: int = 256, ctx=None) -> None:
         if not isinstance(slots, int) or slots < 2:
-            raise ConfigError(f"--ring-frames: got {slots!r}; use at least 2 frames")
+            raise ConfigError(f"slots: got {slots!r}; use at least 2 frames")
         if not isinstance(max_readers, int) or max_readers < 1:
             raise ConfigError(f"max_readers: got {max_readers!r}; use at least 1")
         if not isinstance(prompt_bytes, int) or prompt_bytes < 0:
@@ -189,11 +208,7 @@ class FrameRing:
 
     # -- memory ----------------------------------------------------------------------------------
     def _layout(self, height: int, width: int) -> tuple[int, int, int, int]:
-        frames = self.slots * height * width * 3
-        meta = -(-frames // 8) * 8
-        pts = meta + self.slots * _M_FIELDS * 8
-        prompts = pts + self.slots * 8
-        return meta, pts, prompts, prompts + max(1, self.slots * self.prompt_bytes)
+        return _layout(self.slots, height, width, self.prompt_bytes)
 
     def _map(self, shm: shared_memory.SharedMemory, height: int, width: int) -> None:
         meta, pts, prompts, _ = self._layout(height, width)
@@ -211,7 +226,7 @@ class FrameRing:
         if height < 1 or width < 1:
             raise ConfigError(f"frame size: got {width}x{height}; frames need at least 1x1 pixels")
         size = self._layout(height, width)[-1]
-        _check_shared_memory(size, self.slots, height, width)
+        check_ring_memory(self.slots, height, width, self.prompt_bytes)
         shm = shared_memory.SharedMemory(name=self.name, create=True, size=size)
         self._owner = True
         self._map(shm, height, width)

@@ -5,16 +5,19 @@
     0    a graceful end: `times` chunks done, SIGINT/SIGTERM, `duration` reached, a sink's `wants_stop`
          (preview q/Esc), or every sink ended normally (e.g. stdout's reader went away). At least one
          sink kept working to the end; a sink that failed on the way has printed its one line.
-    1    the producer crashed (unexpected exception, killed) or every sink failed.
+    1    the producer crashed (unexpected exception, killed) or every sink failed while running.
     A `ContinuitySeqError` raised by the producer (bad checkpoint, bad input...) is raised again by
     `run`, after teardown, so callers treat it like any other bad input (the CLI: one line, status 2).
     130  a second SIGINT/SIGTERM forced the exit (sinks were still closed).
 
 How a run goes
+    0. Before anything starts: the frame ring's shared memory for the frames the config will make
+       (`check_ring_memory`: an absurd `ring_frames` or size is a ConfigError, not a SIGBUS mid-run).
     1. Sinks given as URIs are built (`sink_from_uri`); one whose target is already known to be bad
-       (`SinkError`) prints one line and is left out. Each sink may expose an optional `prepare()`
-       (called before the producer starts, e.g. stdout moves stray prints to stderr) and `stats()`
-       (extra counters for the status line).
+       (`SinkError`) prints one line and is left out. When that leaves no sink at all, `run` raises the
+       SinkError instead (bad input: one line and status 2 from the CLI, nothing started). Each sink
+       may expose an optional `prepare()` (called before the producer starts, e.g. stdout moves stray
+       prints to stderr) and `stats()` (extra counters for the status line).
     2. A `FrameRing` and the `Producer` process start; every sink gets a ring reader with its
        `policy` before the first frame exists, so lossless readers see frame 0.
     3. On the first chunk the producer reports the frame size; the ring is allocated and one thread per
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import multiprocessing as mp
 import signal
 import sys
@@ -57,14 +61,14 @@ from typing import Any, Iterable, Mapping, Optional, TextIO, Union
 
 from .config import GenerationConfig
 from .control import ControlServer, LiveController, check_control_address
-from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError
+from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
 from .prompts import LiveSettings, PromptSchedule, UpdateChannel
-from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout
+from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
 from .sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status
 
-__all__ = ["RuntimeOptions", "run", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
+__all__ = ["RuntimeOptions", "run", "build_sinks", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_FORCED = 0, 1, 2, 130
 
@@ -103,16 +107,16 @@ class RuntimeOptions:
     control_allow_remote: bool = False
 
     def __post_init__(self) -> None:
-        if self.duration is not None and not (isinstance(self.duration, (int, float)) and self.duration > 0):
-            raise ConfigError(f"--duration: got {self.duration!r}; use a positive number of seconds")
+        if self.duration is not None and not (_finite(self.duration) and self.duration > 0):
+            raise bad_value("duration", self.duration, "use a positive number of seconds, or leave it unset")
         if not isinstance(self.ring_frames, int) or isinstance(self.ring_frames, bool) or self.ring_frames < 2:
-            raise ConfigError(f"--ring-frames: got {self.ring_frames!r}; use a number of frames >= 2, e.g. 64")
-        if not (isinstance(self.status_interval, (int, float)) and self.status_interval >= 0):
-            raise ConfigError(f"status_interval: got {self.status_interval!r}; use seconds >= 0 (0: final line only)")
-        if not (isinstance(self.stop_grace, (int, float)) and self.stop_grace >= 0):
-            raise ConfigError(f"stop_grace: got {self.stop_grace!r}; use seconds >= 0")
-        if self.drain_timeout is not None and not (isinstance(self.drain_timeout, (int, float)) and self.drain_timeout >= 0):
-            raise ConfigError(f"drain_timeout: got {self.drain_timeout!r}; use seconds >= 0 or None to wait")
+            raise bad_value("ring_frames", self.ring_frames, "use a number of frames >= 2, e.g. 64")
+        if not (_finite(self.status_interval) and self.status_interval >= 0):
+            raise bad_value("status_interval", self.status_interval, "use seconds >= 0 (0: final line only)")
+        if not (_finite(self.stop_grace) and self.stop_grace >= 0):
+            raise bad_value("stop_grace", self.stop_grace, "use seconds >= 0")
+        if self.drain_timeout is not None and not (_finite(self.drain_timeout) and self.drain_timeout >= 0):
+            raise bad_value("drain_timeout", self.drain_timeout, "use seconds >= 0, or None to wait")
         check_source_spec(self.source)
         if not isinstance(self.source_kwargs, Mapping):
             raise ConfigError(f"source_kwargs: got {self.source_kwargs!r}; use a mapping of keyword arguments")
@@ -132,6 +136,11 @@ class RuntimeOptions:
         if unknown:
             raise ConfigError(f"unknown runtime option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**dict(values))
+
+
+def _finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite (NaN passes no comparison, so `> 0` alone lets inf in)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _one_line(e: BaseException) -> str:
@@ -551,10 +560,11 @@ def _duration_reached(duration: Optional[float], since: float, now: float) -> bo
     return duration is not None and now - since >= duration
 
 
-def _build_sinks(items: Iterable[Union[str, Sink]], log: _Log) -> tuple[list[Sink], int]:
-    """URIs -> sinks. A `SinkError` (bad target) is one line and the sink is left out; a bad URI
-    (`ConfigError`) raises. Returns the sinks and how many were left out."""
-    sinks, failed = [], 0
+def _build_sinks(items: Iterable[Union[str, Sink]], log: _Log) -> list[Sink]:
+    """URIs -> sinks. A bad URI (`ConfigError`) raises. A `SinkError` (bad target) leaves that sink
+    out with one line, the others go on; when that leaves no sink at all, the error is raised instead
+    (`_no_usable_sink`): bad input, before anything started."""
+    sinks, failed = [], []
     for item in items:
         if isinstance(item, Sink):
             sinks.append(item)
@@ -562,9 +572,33 @@ def _build_sinks(items: Iterable[Union[str, Sink]], log: _Log) -> tuple[list[Sin
         try:
             sinks.append(sink_from_uri(str(item)))
         except SinkError as e:
-            failed += 1
-            log(f"sink {item} failed (setup): {_one_line(e)}; left out, the other sinks go on")
-    return sinks, failed
+            failed.append((str(item), e))
+    if not sinks:
+        raise _no_usable_sink(failed)
+    for uri, e in failed:
+        log(f"sink {uri} failed (setup): {_one_line(e)}; left out, the other sinks go on")
+    return sinks
+
+
+def _no_usable_sink(failed: list[tuple[str, SinkError]]) -> SinkError:
+    """Every sink failed at setup: one line naming --sink (status 2 from the CLI), instead of a line
+    per sink and a status that reads like a failure at run time."""
+    reasons = "; ".join(f"{uri!r}: {_one_line(e)}" for uri, e in failed)
+    if len(failed) == 1:
+        return SinkError(f"{{sinks}} {reasons}", names=("sinks",))
+    return SinkError(f"{{sinks}}: no usable sink, all {len(failed)} failed at setup ({reasons})", names=("sinks",))
+
+
+def build_sinks(items: Iterable[Union[str, Sink]], *, log: Optional[TextIO] = None) -> list[Sink]:
+    """`--sink` URIs (or Sink objects) -> the sinks a run would use, without starting anything: a bad
+    URI raises ConfigError, a sink whose target is bad is left out with one line on `log` (stderr),
+    and SinkError is raised when no sink is left. `run` does the same; a caller that wants every
+    check done before it prints anything else (the CLI) calls this first and passes the sinks on."""
+    items = list(items)
+    if not items:
+        raise ConfigError("{sinks}: no sink given; give at least one, e.g. file:out.mp4 or - (stdout)",
+                          names=("sinks",))
+    return _build_sinks(items, _Log(log if log is not None else sys.stderr))
 
 
 def run(
@@ -575,24 +609,20 @@ def run(
     log: Optional[TextIO] = None,
 ) -> int:
     """Stream `config`'s video into `sinks` (URIs or Sink objects) until it ends or is stopped;
-    returns the exit status (see the module docstring). Raises ConfigError for unusable arguments."""
+    returns the exit status (see the module docstring). Raises ConfigError for unusable arguments,
+    and SinkError when every sink given fails at setup (before the producer starts)."""
     options = options or RuntimeOptions()
     if not isinstance(options, RuntimeOptions):
         raise ConfigError(f"options: got {type(options).__name__}; use RuntimeOptions")
-    items = list(sinks)
-    if not items:
-        raise ConfigError("--sink: no sink given; use e.g. --sink file:out.mp4 or --sink -")
+    check_ring_memory(options.ring_frames, *config.frame_size)  # before any sink or process exists
     writer = _Log(log if log is not None else sys.stderr)
-    built, failed = _build_sinks(items, writer)
+    built = build_sinks(sinks, log=writer.stream)
     state = _Run(config, built, options, writer)
     try:
         for sink in built:
             prepare = getattr(sink, "prepare", None)
             if callable(prepare):
                 prepare()
-        if not built:
-            writer(f"no usable sink ({failed} failed); nothing to do")
-            return EXIT_FAILED
         with _signal_handlers(state.on_signal):
             return state.execute()
     finally:

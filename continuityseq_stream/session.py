@@ -21,6 +21,7 @@ Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -37,7 +38,7 @@ from .prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed"]
+__all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed", "check_upscaler_size"]
 
 #: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
 #: ("demo-trained": the same, its name before it became the default demo)
@@ -75,13 +76,14 @@ def resolve_runtime(config: GenerationConfig) -> Runtime:
             name = "cpu"
     base = name.split(":")[0]
     if base == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"-d/--device: got {name!r} but CUDA is not available here; use -d cpu")
+        raise ConfigError(f"{{device}}: got {name!r} but CUDA is not available here; use cpu", names=("device",))
     if base == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ConfigError(f"-d/--device: got {name!r} but MPS is not available here; use -d cpu")
+        raise ConfigError(f"{{device}}: got {name!r} but MPS is not available here; use cpu", names=("device",))
     if base == "cuda" and ":" in name:
         index = name.split(":", 1)[1]
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise ConfigError(f"-d/--device: got {name!r}; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise ConfigError(f"{{device}}: got {name!r}; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}",
+                              names=("device",))
     device = torch.device(name)
     if config.dtype is not None:
         dtype = _DTYPES[config.dtype]
@@ -89,11 +91,56 @@ def resolve_runtime(config: GenerationConfig) -> Runtime:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     if config.xformers:
         if importlib.util.find_spec("xformers") is None:
-            raise ConfigError("-x/--xformers: xformers is not installed; `pip install xformers` or use -S/--sdp (PyTorch SDPA)")
+            raise ConfigError("{xformers}: xformers is not installed; `pip install xformers` or use {sdp} (PyTorch SDPA)",
+                              names=("xformers", "sdp"))
         attention = "xformers"
     else:
         attention = "sdpa" if config.sdp else "math"
     return Runtime(device=device, dtype=dtype, attention=attention)
+
+
+#: down blocks of the SD x2 latent upscaler's UNet (stabilityai/sd-x2-latent-upscaler and the demo one)
+_UPSCALER_DOWN_BLOCKS = 4
+
+
+def _upscaler_down_blocks(config: GenerationConfig) -> int:
+    """Down blocks of the `--upscaler` UNet, from its `unet/config.json` (cheap: no weights are read);
+    the SD x2 latent upscaler's 4 for the demo and when the file says nothing."""
+    from .pipeline import resolve_pretrained_path
+    from .tiny import DEMO_NAME
+
+    if config.upscaler == DEMO_NAME:
+        return _UPSCALER_DOWN_BLOCKS
+    folder = resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
+    try:
+        with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
+            blocks = len(json.load(f).get("down_block_types") or ())
+    except (OSError, ValueError, AttributeError, TypeError):
+        blocks = 0
+    return blocks or _UPSCALER_DOWN_BLOCKS
+
+
+def check_upscaler_size(config: GenerationConfig) -> None:
+    """`-u`: ConfigError unless the latent upscaler can take this video size.
+
+    The upscaler doubles the latents (h, w) and its UNet then halves them once per down block but
+    the first, with reflect padding that needs at least 2 latents at the bottom. So each latent side
+    must be a multiple of 2**(blocks - 2) and at least 2**(blocks - 1): for the SD x2 upscaler (4
+    blocks) multiples of 4, at least 8 latents, i.e. video sides that are multiples of 32, at least 64.
+    The trained demo's 32x32 (4x4 latents) is too small. Without this check the upscaler fails with a
+    padding RuntimeError deep in the UNet, after every model has loaded."""
+    if not config.upscale:
+        return
+    blocks = _upscaler_down_blocks(config)
+    multiple, least = 8 * 2 ** max(blocks - 2, 0), 8 * 2 ** max(blocks - 1, 0)  # in pixels (8 per latent)
+    if all(side % multiple == 0 and side >= least for side in (config.width, config.height)):
+        return
+    fit = [max(least, -(-side // multiple) * multiple) for side in (config.width, config.height)]
+    raise ConfigError(
+        f"{{upscale}}: the latent upscaler needs video sides that are multiples of {multiple} and at least {least} "
+        f"(latents of at least {least // 8}x{least // 8}); got {{width}} {config.width} x {{height}} {config.height}; "
+        f"use e.g. {{width}} {fit[0]} {{height}} {fit[1]}, or run without {{upscale}}",
+        names=("upscale", "width", "height"))
 
 
 def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
@@ -133,8 +180,10 @@ def preflight(config: GenerationConfig) -> None:
     """The cheap checks of `open_stream`, for the main process before the producer is started.
 
     Bad input (device, dtype, attention kernel, init image or video, a model path that does not exist
-    or a hub id that cannot be had) then fails in about a second with one line, instead of after a
-    producer process has started and imported the model stack. `open_stream` repeats them (it is
+    or a hub id that cannot be had, a video size the latent upscaler cannot take) then fails in about
+    a second with one line, instead of after a producer process has started and imported the model
+    stack. (Values are checked by `GenerationConfig` itself; the frame ring's shared memory by
+    `runtime.run` before the producer starts.) `open_stream` repeats them (it is
     also used on its own). The demo model is not built here.
     """
     from .pipeline import resolve_pretrained_path
@@ -146,8 +195,7 @@ def preflight(config: GenerationConfig) -> None:
         resolve_pretrained_path(config.model)
     if pixels is None and config.model not in TRAINED_DEMO_NAMES and config.model_2d != DEMO_NAME:
         resolve_pretrained_path(config.model_2d, flag="-MP/--model-2d", demo="2d")
-    if config.upscale and config.upscaler != DEMO_NAME:
-        resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
+    check_upscaler_size(config)  # (also resolves a non-demo --upscaler)
 
 
 def open_stream(
@@ -179,6 +227,7 @@ def open_stream(
     config = resolve_seed(config)
     runtime = resolve_runtime(config)
     pixels = _init_pixels(config)
+    check_upscaler_size(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
     if config.model in TRAINED_DEMO_NAMES:
         from .demo_model import TRAINED_DEMO_LABEL

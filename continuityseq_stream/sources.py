@@ -90,17 +90,28 @@ def pixels_to_uint8_into(pixels: torch.Tensor, out: np.ndarray) -> None:
 
 
 def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
-    """`-i/--init-image`: read any image file, resize to the output size -> `[1, 3, H, W]` in [-1, 1]."""
+    """`-i/--init-image`: read any image file, resize to the output size -> `[1, 3, H, W]` in [-1, 1].
+
+    An image over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS` x 2 pixels, about 179
+    megapixels by default) is refused from its header, before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
-        raise ConfigError(f"-i/--init-image: {path!r} does not exist; give an image file (PNG, JPEG, ...)")
+        raise ConfigError(f"{{init_image}}: {path!r} does not exist; give an image file (PNG, JPEG, ...)",
+                          names=("init_image",))
     try:
         with Image.open(path) as im:
             im.load()
             return to_pixels(im, height, width)
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ConfigError(f"{{init_image}}: {path!r} has more pixels than Pillow decodes safely ({limit:,}, the "
+                          "decompression-bomb limit); "
+                          "give an image of at most a few thousand pixels a side (it is resized to the video size)",
+                          names=("init_image",)) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ConfigError(f"-i/--init-image: cannot read {path!r} as an image ({type(e).__name__}); give a PNG or JPEG file") from None
+        raise ConfigError(f"{{init_image}}: cannot read {path!r} as an image ({type(e).__name__}); give a PNG or JPEG file",
+                          names=("init_image",)) from None
 
 
 def load_init_video(path: str, height: int, width: int, max_frames: int) -> torch.Tensor:
@@ -112,16 +123,16 @@ def load_init_video(path: str, height: int, width: int, max_frames: int) -> torc
     """
     import av
 
-    flag = "--init-video"
+    flag = "{init_video}"  # a placeholder: the CLI spells it as its flag (errors.py)
     if not os.path.isfile(path):
-        raise ConfigError(f"{flag}: {path!r} does not exist; give a video file (mp4, mkv, webm, ...)")
+        raise ConfigError(f"{flag}: {path!r} does not exist; give a video file (mp4, mkv, webm, ...)", names=("init_video",))
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as e:
-        raise ConfigError(f"{flag}: cannot open {path!r} as a video ({type(e).__name__}); give an mp4/mkv/webm file") from None
+        raise ConfigError(f"{flag}: cannot open {path!r} as a video ({type(e).__name__}); give an mp4/mkv/webm file", names=("init_video",)) from None
     try:
         if not container.streams.video:
-            raise ConfigError(f"{flag}: {path!r} has no video stream; give a video file")
+            raise ConfigError(f"{flag}: {path!r} has no video stream; give a video file", names=("init_video",))
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
 
@@ -148,11 +159,11 @@ def load_init_video(path: str, height: int, width: int, max_frames: int) -> torc
             container.seek(0)
             frames = tail(None)
     except av.FFmpegError as e:
-        raise ConfigError(f"{flag}: cannot decode {path!r} ({type(e).__name__}: {e}); give a playable video file") from None
+        raise ConfigError(f"{flag}: cannot decode {path!r} ({type(e).__name__}: {e}); give a playable video file", names=("init_video",)) from None
     finally:
         container.close()
     if not frames:
-        raise ConfigError(f"{flag}: {path!r} contains no decodable frames; give a playable video file")
+        raise ConfigError(f"{flag}: {path!r} contains no decodable frames; give a playable video file", names=("init_video",))
     return to_pixels(np.stack(frames), height, width)
 
 

@@ -251,7 +251,7 @@ def test_long_prompts_are_truncated_at_a_character_boundary():
 
 
 def test_bad_arguments_are_config_errors():
-    with pytest.raises(ConfigError, match="ring-frames"):
+    with pytest.raises(ConfigError, match="slots: got 1"):
         FrameRing(1)
     ring = FrameRing(2, max_readers=1)
     try:
@@ -340,7 +340,7 @@ def test_allocate_refuses_a_ring_that_shared_memory_cannot_hold(monkeypatch):
     try:
         fake = collections.namedtuple("St", "f_bavail f_frsize")(1024, 4096)  # 4 MiB free
         monkeypatch.setattr(rb.os, "statvfs", lambda folder: fake)
-        with pytest.raises(ConfigError, match=r"--ring-frames: 64 frames of 576x320 need \d+ MiB.*4 MiB free"):
+        with pytest.raises(ConfigError, match=r"ring_frames: 64 frames of 576x320 need \d+ MiB.*4 MiB free"):
             ring.allocate(320, 576)
         monkeypatch.undo()
         ring.allocate(8, 8)  # small enough: fine

@@ -57,7 +57,7 @@ def test_init_image_any_size(tmp_path):
 
 
 def test_init_image_errors(tmp_path):
-    with pytest.raises(ConfigError, match="-i/--init-image.*does not exist"):
+    with pytest.raises(ConfigError, match="init_image: .*does not exist"):
         sources.load_init_image(str(tmp_path / "missing.png"), 8, 8)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
@@ -97,11 +97,11 @@ def test_init_video_seeks_instead_of_decoding_everything(tmp_path, monkeypatch):
 
 
 def test_init_video_errors(tmp_path):
-    with pytest.raises(ConfigError, match="--init-video.*does not exist"):
+    with pytest.raises(ConfigError, match="init_video: .*does not exist"):
         sources.load_init_video(str(tmp_path / "nope.mp4"), 8, 8, 4)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 1000)
-    with pytest.raises(ConfigError, match="--init-video") as e:
+    with pytest.raises(ConfigError, match="init_video: ") as e:
         sources.load_init_video(str(bad), 8, 8, 4)
     assert "\n" not in str(e.value)
 

@@ -51,6 +51,6 @@ def sink_from_uri(uri: str) -> Sink:
         if module is None and uri.lower().endswith((".mp4", ".mkv", ".mov")) and "://" not in uri:
             uri, module = "file:" + uri, "file"
     if module is None:
-        raise ConfigError(f"--sink: unknown sink {uri!r}; use one of {_EXAMPLES}")
+        raise ConfigError(f"{{sinks}}: unknown sink {uri!r}; use one of {_EXAMPLES}", names=("sinks",))
     mod = importlib.import_module(f"{__name__}.{module}")
     return mod.from_uri(uri)

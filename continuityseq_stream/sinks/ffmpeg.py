@@ -46,8 +46,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..errors import ConfigError, SinkError
-from .options import parse_bool, parse_number
+from ..errors import SinkError
+from .options import parse_bool, parse_number, sink_error
 from .base import Sink, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class FfmpegOptions:
             target = uri
             default_format = "flv"
         else:
-            raise ConfigError(f"--sink {uri!r}: not an ffmpeg sink; use rtmp://..., rtmps://... or ffmpeg:URL")
+            raise sink_error(uri, "not an ffmpeg sink; use rtmp://..., rtmps://... or ffmpeg:URL")
         if "#" in target:
             target, _, opts = target.partition("#")
         elif "?" in target:
@@ -87,12 +87,12 @@ class FfmpegOptions:
         else:
             opts = ""
         if not target:
-            raise ConfigError(f"--sink {uri!r}: no output URL; use e.g. ffmpeg:out.ts#format=mpegts")
+            raise sink_error(uri, f"no output URL; use e.g. ffmpeg:out.ts#format=mpegts")
         pairs = parse_qsl(opts, keep_blank_values=True, strict_parsing=False)
         unknown = sorted({k for k, _ in pairs if k not in _OPTION_NAMES})
         if unknown:
-            raise ConfigError(
-                f"--sink {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTION_NAMES)}"
+            raise sink_error(
+                uri, f"unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTION_NAMES)}"
                 " (if the target URL needs its own query, put sink options after '#')"
             )
         values = dict(pairs)

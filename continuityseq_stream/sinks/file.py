@@ -17,12 +17,18 @@ URI forms (`from_uri`):
     file:out_%03d.mp4?segment=600      a new file every 600 s of video (24/7 runs), numbered 000, 001...
     file:out.mp4?crf=18&preset=veryfast&keyint=16
 
+Options: crf an integer in [0, 51]; preset one of x264's presets (`options.X264_PRESETS`); keyint
+frames in [1, 100000]; segment seconds in [1, 1e9], with a name that formats as a counter (checked by
+formatting it, so `out_%.mp4` is refused at once, not when the first segment is due).
+
 Errors raise one line naming the path: `SinkError` for a target that fails (unwritable directory),
-`ConfigError` for a bad option (bad input: the run does not start).
+`ConfigError` for a bad option (bad input: the run does not start). Both come from the constructor,
+before any frame exists.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -33,13 +39,58 @@ import numpy as np
 
 from ..chunk import FrameMeta
 from ..errors import ConfigError, SinkError
-from .options import parse_number
+from .options import X264_PRESETS, parse_choice, parse_number, sink_error
 from .base import Sink, StreamInfo
 
 __all__ = ["FileSink", "from_uri"]
 
 _FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 _OPTIONS = ("segment", "crf", "preset", "keyint")
+#: shortest segment: below a second a segment is shorter than the default key-frame interval
+MIN_SEGMENT_SECONDS = 1.0
+
+
+class _BadArgument(ConfigError):
+    """A FileSink argument that cannot work; `problem` is the message without the sink's name, so
+    `from_uri` can restate it about the `--sink` URI."""
+
+    def __init__(self, pattern: str, problem: str) -> None:
+        super().__init__(f"file sink {pattern!r}: {problem}")
+        self.problem = problem
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _counter_problem(pattern: str) -> Optional[str]:
+    """Why `pattern` cannot name numbered segments (None when it can). Formatting it with two
+    numbers is the test: `%` errors (`out_%.mp4`: ValueError, no counter: TypeError) and names that
+    do not change with the number are all caught here rather than when the first segment is due."""
+    try:
+        first, second = pattern % 0, pattern % 1
+    except (TypeError, ValueError) as e:
+        return (f"segment= needs one printf counter in the name, e.g. out_%03d.mp4 ({e}; write %% for a "
+                "literal %)")
+    if first == second:
+        return "segment= needs a counter that changes the name, e.g. out_%03d.mp4"
+    return None
+
+
+def _argument_problem(pattern: str, crf, preset, keyint, segment_seconds) -> Optional[str]:
+    """The first FileSink argument that cannot work, as "name=value: what works", or None."""
+    if not _is_int(crf) or not 0 <= crf <= 51:
+        return f"crf={crf!r}: use an integer in [0, 51] (lower is better quality; 18 is near lossless)"
+    if preset not in X264_PRESETS:
+        return f"preset={preset!r}: use one of {', '.join(X264_PRESETS)}"
+    if keyint is not None and (not _is_int(keyint) or keyint < 1):
+        return f"keyint={keyint!r}: use a number of frames >= 1"
+    if segment_seconds is not None:
+        if (not isinstance(segment_seconds, (int, float)) or isinstance(segment_seconds, bool)
+                or not math.isfinite(segment_seconds) or segment_seconds < MIN_SEGMENT_SECONDS):
+            return f"segment={segment_seconds!r}: use a finite number of seconds >= {MIN_SEGMENT_SECONDS:g}"
+        return _counter_problem(pattern)
+    return None
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -69,19 +120,11 @@ class FileSink(Sink):
     ) -> None:
         super().__init__(f"file:{path}")
         self.pattern = str(path)
-        self.crf, self.preset, self.keyint = int(crf), str(preset), keyint
+        problem = _argument_problem(self.pattern, crf, preset, keyint, segment_seconds)
+        if problem is not None:
+            raise _BadArgument(self.pattern, problem)
+        self.crf, self.preset, self.keyint = crf, preset, keyint
         self.segment_seconds = segment_seconds
-        if segment_seconds is not None:
-            if not segment_seconds > 0:
-                raise ConfigError(f"file sink: segment={segment_seconds!r}; use a positive number of seconds")
-            try:
-                self.pattern % 0
-            except TypeError:
-                raise ConfigError(
-                    f"file sink {self.pattern!r}: segment= needs a counter in the name, e.g. out_%03d.mp4"
-                ) from None
-        if keyint is not None and int(keyint) < 1:
-            raise ConfigError(f"file sink: keyint={keyint!r}; use a number of frames >= 1")
         self._check_writable(Path(self._segment_path(0)))
         self.paths: list[str] = []  # every file written, in order
         self._container = None
@@ -184,18 +227,21 @@ def from_uri(uri: str) -> FileSink:
         body = body[2:]
     path, _, query = body.partition("?")
     if not path:
-        raise ConfigError(f"--sink {uri!r}: give a path, e.g. file:out.mp4")
+        raise sink_error(uri, "give a path, e.g. file:out.mp4")
     kwargs: dict = {}
     # option typos are bad input (ConfigError: the run does not start), not a failing target
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _OPTIONS:
-            raise ConfigError(f"--sink {uri!r}: unknown option {key!r}; known: {', '.join(_OPTIONS)}")
+            raise sink_error(uri, f"unknown option {key!r}; known: {', '.join(_OPTIONS)}")
         if key == "segment":
-            kwargs["segment_seconds"] = parse_number(uri, key, value, float, 0.001, 1e9)
+            kwargs["segment_seconds"] = parse_number(uri, key, value, float, MIN_SEGMENT_SECONDS, 1e9)
         elif key == "preset":
-            kwargs["preset"] = value
+            kwargs["preset"] = parse_choice(uri, key, value, X264_PRESETS)
         elif key == "crf":
             kwargs["crf"] = parse_number(uri, key, value, int, 0, 51)
         else:
             kwargs[key] = parse_number(uri, key, value, int, 1, 100_000)
-    return FileSink(path, **kwargs)
+    try:
+        return FileSink(path, **kwargs)
+    except _BadArgument as e:  # e.g. a segment pattern that does not format: restated about the URI
+        raise sink_error(uri, e.problem) from None

@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..errors import ConfigError, SinkError
+from ..errors import SinkError
+from .options import sink_error
 from .base import Sink, StreamInfo
 
 __all__ = ["PreviewSink", "check_display", "from_uri"]
@@ -220,5 +221,5 @@ cv2.waitKey(1)
 def from_uri(uri: str) -> PreviewSink:
     """`preview` -> PreviewSink (no options)."""
     if uri.strip() != "preview":
-        raise ConfigError(f"--sink {uri!r}: the preview sink takes no options; use --sink preview")
+        raise sink_error(uri, "the preview sink takes no options; use preview")
     return PreviewSink()

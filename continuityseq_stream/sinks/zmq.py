@@ -30,8 +30,8 @@ import numpy as np
 import zmq
 
 from ..chunk import FrameMeta
-from ..errors import ConfigError, SinkError
-from .options import parse_bool, parse_number
+from ..errors import SinkError
+from .options import parse_bool, parse_number, sink_error
 from .base import Sink, StreamInfo
 
 __all__ = ["ZmqAddress", "ZmqPubSink", "ZmqPushSink", "frame_header", "from_uri"]
@@ -47,27 +47,27 @@ class ZmqAddress:
         self.uri = uri
         scheme, sep, rest = uri.partition("://")
         if not sep or scheme not in ("zmq+pub", "zmq+push"):
-            raise ConfigError(f"--sink {uri!r}: use zmq+pub://HOST:PORT or zmq+push://HOST:PORT")
+            raise sink_error(uri, "use zmq+pub://HOST:PORT or zmq+push://HOST:PORT")
         self.kind = scheme.split("+", 1)[1]
         hostport, _, query = rest.partition("?")
         hostport = hostport.rstrip("/")
         host, colon, port = hostport.rpartition(":")
         if not colon:
-            raise ConfigError(f"--sink {uri!r}: no port; use e.g. {scheme}://127.0.0.1:5555")
+            raise sink_error(uri, f"no port; use e.g. {scheme}://127.0.0.1:5555")
         host = host or "127.0.0.1"
         if port in ("0", "*"):
             port = "*"
         elif not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"--sink {uri!r}: port {port!r} is not a number in 1..65535 (or 0 for a free port)")
+            raise sink_error(uri, f"port {port!r} is not a number in 1..65535 (or 0 for a free port)")
         pairs = parse_qsl(query, keep_blank_values=True)
         allowed = _OPTIONS[self.kind]
         unknown = sorted({k for k, _ in pairs if k not in allowed})
         if unknown:
-            raise ConfigError(f"--sink {uri!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
+            raise sink_error(uri, f"unknown option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
         opts = dict(pairs)
         self.connect = parse_bool(uri, "connect", opts.get("connect", "0"))
         if self.connect and (port == "*" or host == "*"):
-            raise ConfigError(f"--sink {uri!r}: connect=1 needs an explicit host and port")
+            raise sink_error(uri, "connect=1 needs an explicit host and port")
         self.endpoint = f"tcp://{host}:{port}"
         self.hwm = parse_number(uri, "hwm", opts.get("hwm", "4" if self.kind == "pub" else "16"), int, 1, 100_000)
         self.linger = parse_number(uri, "linger", opts.get("linger", "0.5" if self.kind == "pub" else "5"), float, 0, 600)
