@@ -610,8 +610,9 @@ COMMANDS = {**SETTINGS_COMMANDS, **RUN_COMMANDS}
 _MAX_SEED = 2**63 - 1
 
 # Limits of live updates. They protect a running stream from its control clients: each update is kept
-# until its chunk is made, and one absurd value (a guidance of 1e308 overflows to NaN latents, which
-# every later chunk is conditioned on) would spoil the rest of the run. The run's own config is not
+# until its chunk is made, and one absurd value would spoil the rest of the run (a guidance of 1e308
+# overflows to NaN latents: that chunk and every later one, conditioned on it, came out black even after
+# the guidance was set back; checked on the tiny pipeline). The run's own config is not
 # held to them (`validate_update(..., limits=False)`). docs/reliability-control.md lists them.
 #: characters of a live prompt / negative prompt. CLIP reads 77 tokens (about 300 characters of
 #: English) and ignores the rest; 1,000 leaves room for long words and punctuation.
