@@ -39,7 +39,8 @@ import click
 import zmq
 
 from .errors import ConfigError, ContinuitySeqError
-from .prompts import MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError, validate_update
+from .prompts import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
+                      validate_update)
 
 log = logging.getLogger(__name__)
 
@@ -350,11 +351,24 @@ class LiveController:
                 return {"applies_at_chunk": self.channel.resume(), "paused": False}
             if command in RUN_COMMANDS:
                 raise UpdateError(f"{command} is not handled by LiveController", "command")
+            self._check_blend(update)
             at = self.channel.submit(update)
             self.mirror.apply(update, at)
             # status asks about chunk `next_chunk - 1` at the earliest: older history only costs memory
             self.mirror.forget_before(max(at - 1, 0))
             return {"applies_at_chunk": at}
+
+    def _check_blend(self, update: dict) -> None:
+        """Refuse a new fading prompt when MAX_BLEND_PROMPTS live prompts already blend: every prompt
+        of a blend is encoded for every chunk. A switch at once (transition 0 or 1) is always taken."""
+        if update["command"] != "set_prompt" or update.get("transition", 0) <= 1:
+            return
+        at = self.channel.state()["next_chunk"]
+        blending = self.mirror.live_prompts(at)
+        if blending >= MAX_BLEND_PROMPTS:
+            raise UpdateError(
+                f"set_prompt: {blending} live prompts already blend at chunk {at} (at most {MAX_BLEND_PROMPTS}); "
+                f"wait until a transition completes, or send transition 0 to switch at once", "transition")
 
     def stop(self) -> dict:
         return {"applies_at_chunk": self.channel.stop()}

@@ -625,6 +625,8 @@ MAX_GUIDANCE_SCALE = 100.0
 MAX_CONDITIONING_FRAMES = 1000
 #: changes the runtime may queue for the producer before it takes them at the next chunk boundary
 MAX_QUEUED_UPDATES = 32
+#: live prompts blending at once (transitions still fading in): each one is encoded for every chunk
+MAX_BLEND_PROMPTS = 16
 #: bytes of one queued update as UTF-8 JSON: two prompts of MAX_PROMPT_CHARS at <= 6 bytes a character
 #: (JSON's \\u escapes of control characters) plus the other fields
 _UPDATE_BYTES = 16 * 1024
@@ -944,6 +946,21 @@ class LiveSettings:
                 seed=self._value_at(self._seed, chunk),
                 reseed=chunk in self._reseed_at,
             )
+
+    def live_prompts(self, chunk: int) -> int:
+        """How many live prompts weigh in chunk `chunk`'s blend (0: the file / config prompt alone).
+        Counted from the newest: a complete transition hides everything older, and prompts whose share
+        fell to the blend's threshold do not count."""
+        with self._lock:
+            share, count = 1.0, 0
+            for o in reversed(self._overrides):
+                if o.at > chunk:
+                    continue
+                if share <= _MIN_WEIGHT:
+                    break
+                count += 1
+                share *= 1.0 - o.weight(chunk)
+            return count
 
     def upcoming(self, chunk: int, start_time: Optional[float] = None, count: int = 5) -> List[dict]:
         """Scheduled prompt changes after `chunk`: live transitions not yet complete, else the file's."""
