@@ -611,9 +611,9 @@ _MAX_SEED = 2**63 - 1
 
 # Limits of live updates. They protect a running stream from its control clients: each update is kept
 # until its chunk is made, and one absurd value would spoil the rest of the run (a guidance of 1e308
-# overflows to NaN latents: that chunk and every later one, conditioned on it, came out black even after
-# the guidance was set back; checked on the tiny pipeline). The run's own config is not
-# held to them (`validate_update(..., limits=False)`). docs/reliability-control.md lists them.
+# overflows to NaN latents: on the tiny pipeline that chunk and every later one, conditioned on it, came
+# out black even after the guidance was set back). The run's own config is not held to them
+# (`validate_update(..., limits=False)`). docs/reliability-control.md lists them.
 #: characters of a live prompt / negative prompt. CLIP reads 77 tokens (about 300 characters of
 #: English) and ignores the rest; 1,000 leaves room for long words and punctuation.
 MAX_PROMPT_CHARS = 1000
@@ -628,7 +628,7 @@ MAX_QUEUED_UPDATES = 32
 #: live prompts blending at once (transitions still fading in): each one is encoded for every chunk
 MAX_BLEND_PROMPTS = 16
 #: bytes of one queued update as UTF-8 JSON: two prompts of MAX_PROMPT_CHARS at <= 6 bytes a character
-#: (JSON's \\u escapes of control characters) plus the other fields
+#: (JSON's \u escapes of control characters) plus the other fields
 _UPDATE_BYTES = 16 * 1024
 
 
@@ -823,12 +823,14 @@ class LiveSettings:
         seed: Optional[int] = None,
         schedule: Optional[PromptSchedule] = None,
     ) -> None:
-        checks = [{"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""},
-                  {"command": "set_guidance", "guidance_scale": guidance_scale},
-                  {"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames}]
+        # the run's own config: checked like updates, but not held to the limits of live clients
+        base = validate_update({"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""},
+                               limits=False)
+        validate_update({"command": "set_guidance", "guidance_scale": guidance_scale}, limits=False)
+        validate_update({"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames},
+                        limits=False)
         if seed is not None:
-            checks.append({"command": "set_seed", "seed": seed})
-        base = [validate_update(c, limits=False) for c in checks][0]  # the config, not a live client
+            validate_update({"command": "set_seed", "seed": seed}, limits=False)
         if schedule is not None and not isinstance(schedule, PromptSchedule):
             raise ConfigError(f"schedule: got {type(schedule).__name__}; give a PromptSchedule or None")
         self._lock = threading.Lock()

@@ -415,3 +415,17 @@ def test_the_runtime_primitives_create_no_named_semaphores():
         producer.shutdown(0)
         channel.close()
         ring.destroy()
+
+
+def test_the_runs_own_config_is_not_held_to_the_live_limits():
+    """-p / -g / -CX are the user's own choice, checked at start-up; only live clients meet the limits."""
+    live = LiveSettings(prompt="p" * 5000, guidance_scale=150.0, min_conditioning_frames=1, max_conditioning_frames=2000)
+    assert live.settings_for_chunk(0).guidance_scale == 150.0 and live.conditioning_range == (1, 2000)
+    for update, field in (({"command": "set_prompt", "prompt": "p" * 5000}, "prompt"),
+                          ({"command": "set_guidance", "guidance_scale": 150.0}, "guidance_scale"),
+                          ({"command": "set_conditioning", "min": 1, "max": 2000}, "max")):
+        with pytest.raises(UpdateError) as info:
+            live.apply(update, 1)
+        assert info.value.field == field
+    with pytest.raises(UpdateError, match="lone surrogate"):  # never valid: it would crash the producer
+        LiveSettings(prompt="fox \ud800")
