@@ -10,8 +10,12 @@ Protocol (one JSON object per request, one per answer, UTF-8, at most 64 KiB):
     {"command": "pause"} / {"command": "resume"} / {"command": "stop"} / {"command": "status"}
 
 Answers are `{"ok": true, "command": ..., ...}` — changes carry `"applies_at_chunk": k` — or
-`{"ok": false, "error": "<one line>", "field": "<field or null>"}`. A bad request never raises out of
-the server loop and never reaches the run.
+`{"ok": false, "error": "<one line>", "field": "<field or null>"}`. Every request gets an answer: a bad
+one (malformed, nested too deeply, absurd values, too large, a failing handler...) gets an error answer,
+never leaves the server loop and never reaches the run. Limits (prompts.py, docs/reliability-control.md):
+prompts of at most `MAX_PROMPT_CHARS` characters, at most `MAX_QUEUED_UPDATES` changes waiting for the
+next chunk, requests of at most `MAX_REQUEST_BYTES` (larger ones up to `DROP_REQUEST_BYTES` get an error
+answer; beyond that ZeroMQ drops the connection unread, so memory stays bounded).
 
 The server binds to loopback only (`tcp://127.0.0.1:PORT`, `tcp://localhost:PORT`, `tcp://[::1]:PORT`,
 or `ipc://`); anything else is refused unless `allow_remote=True` (`--control-allow-remote`), because
@@ -35,13 +39,16 @@ import click
 import zmq
 
 from .errors import ConfigError, ContinuitySeqError
-from .prompts import RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError, validate_update
+from .prompts import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
+                      validate_update)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTROL_ADDRESS = "tcp://127.0.0.1:5557"
-#: requests larger than this are dropped by ZeroMQ (a prompt is far smaller)
+#: requests larger than this get an error answer (the largest valid request is far smaller)
 MAX_REQUEST_BYTES = 64 * 1024
+#: requests larger than this are dropped by ZeroMQ without being read (the client times out)
+DROP_REQUEST_BYTES = 1024 * 1024
 
 
 class ControlError(ContinuitySeqError):
@@ -120,6 +127,31 @@ def encode_answer(answer: Mapping[str, Any]) -> bytes:
     except (TypeError, ValueError) as exc:
         log.warning("control: answer could not be encoded: %s", exc)
         return json.dumps(error_response(f"internal error: the answer could not be encoded as JSON: {exc}")).encode("utf-8")
+
+
+_EXAMPLE = 'send an object like {"command": "status"}'
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_request(payload: bytes) -> tuple[Any, Optional[str]]:
+    """(decoded JSON, None), or (None, the one-line problem) for bytes that are not one JSON value.
+
+    Besides ValueError, Python's decoder raises RecursionError on deeply nested input (2 KB of
+    `[[[...]]]` are enough); that is a malformed request too, not a reason to stop serving.
+    """
+    try:
+        return json.loads(payload.decode("utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, f"malformed JSON: not UTF-8 ({exc.reason} at byte {exc.start}); {_EXAMPLE}"
+    except RecursionError:
+        return None, f"malformed JSON: nested too deeply; {_EXAMPLE}"
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's limit on digits of an int
+            return None, f"malformed JSON: a number has too many digits; {_EXAMPLE}"
+        return None, f"malformed JSON: {_short(str(exc))}; {_EXAMPLE}"
 
 
 class ControlServer:
@@ -201,7 +233,7 @@ class ControlServer:
         try:
             sock = ctx.socket(zmq.REP)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            sock.setsockopt(zmq.MAXMSGSIZE, DROP_REQUEST_BYTES)
             if self._requested.startswith("tcp://["):
                 sock.setsockopt(zmq.IPV6, 1)
             try:
@@ -216,17 +248,8 @@ class ControlServer:
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             while not self._stop_event.is_set():
-                if not dict(poller.poll(self._poll_ms)).get(sock):
-                    continue
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    continue
-                answer = self.handle_request(parts[0] if len(parts) == 1 else None)
-                try:
-                    sock.send(encode_answer(answer))
-                except zmq.ZMQError as exc:  # the peer went away; REP recovers on the next request
-                    log.warning("control: could not send an answer: %s", exc)
+                if dict(poller.poll(self._poll_ms)).get(sock):
+                    self._serve_one(sock)
         except Exception as exc:  # never let the control thread take the run down
             log.exception("control server stopped by an unexpected error")
             if not self._ready.is_set():
@@ -237,11 +260,32 @@ class ControlServer:
             ctx.term()
             self._ready.set()
 
+    def _serve_one(self, sock: zmq.Socket) -> None:
+        """Receive one request and send its answer. Whatever goes wrong stays in this request: the REP
+        socket gets an answer (an error one if need be) and the loop goes on."""
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            data = encode_answer(self.handle_request(parts[0] if len(parts) == 1 else None))
+        except Exception as exc:  # noqa: BLE001 - handle_request never raises; this is the last net
+            log.exception("control: request failed")
+            data = json.dumps(error_response(f"internal error: {type(exc).__name__}")).encode("utf-8")
+        try:
+            sock.send(data)
+        except zmq.ZMQError as exc:  # the peer went away; REP recovers on the next request
+            log.warning("control: could not send an answer: %s", exc)
+
     # -- protocol -----------------------------------------------------------------------------
     def handle_request(self, payload: Optional[bytes]) -> dict:
-        """Answer one raw request; never raises."""
+        """Answer one raw request; never raises (anything unexpected becomes an "internal error" answer)."""
         self.requests += 1
-        answer = self._answer(payload)
+        try:
+            answer = self._answer(payload)
+        except Exception as exc:  # noqa: BLE001 - a request must never take the server down
+            log.exception("control: request failed")
+            answer = error_response(f"internal error: {type(exc).__name__}: {_short(str(exc))}")
         if not answer.get("ok"):
             self.errors += 1
             log.info("control: rejected request: %s", answer.get("error"))
@@ -250,10 +294,13 @@ class ControlServer:
     def _answer(self, payload: Optional[bytes]) -> dict:
         if payload is None:
             return error_response("send one JSON object per message (got a multipart message)")
-        try:
-            message = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return error_response(f"malformed JSON: {exc}; send an object like {{\"command\": \"status\"}}")
+        if len(payload) > MAX_REQUEST_BYTES:
+            return error_response(
+                f"the request has {len(payload)} bytes; at most {MAX_REQUEST_BYTES} (a prompt has at most "
+                f"{MAX_PROMPT_CHARS} characters)")
+        message, problem = parse_request(payload)
+        if problem is not None:
+            return error_response(problem)
         try:
             update = validate_update(message)
         except UpdateError as exc:
@@ -286,7 +333,8 @@ class LiveController:
     Forwards each validated change to the producer through `channel` (which tells the chunk it applies
     at) and applies the same update at the same chunk to `mirror` (a LiveSettings built like the
     producer's), so status can show the current prompt and what is scheduled next without asking
-    the producer process.
+    the producer process. The mirror forgets what only chunks before the current one need, like the
+    producer's copy does, so its memory stays bounded however many commands come.
     """
 
     def __init__(self, channel: UpdateChannel, mirror: LiveSettings) -> None:
@@ -303,9 +351,24 @@ class LiveController:
                 return {"applies_at_chunk": self.channel.resume(), "paused": False}
             if command in RUN_COMMANDS:
                 raise UpdateError(f"{command} is not handled by LiveController", "command")
+            self._check_blend(update)
             at = self.channel.submit(update)
             self.mirror.apply(update, at)
+            # status asks about chunk `next_chunk - 1` at the earliest: older history only costs memory
+            self.mirror.forget_before(max(at - 1, 0))
             return {"applies_at_chunk": at}
+
+    def _check_blend(self, update: dict) -> None:
+        """Refuse a new fading prompt when MAX_BLEND_PROMPTS live prompts already blend: every prompt
+        of a blend is encoded for every chunk. A switch at once (transition 0 or 1) is always taken."""
+        if update["command"] != "set_prompt" or update.get("transition", 0) <= 1:
+            return
+        at = self.channel.state()["next_chunk"]
+        blending = self.mirror.live_prompts(at)
+        if blending >= MAX_BLEND_PROMPTS:
+            raise UpdateError(
+                f"set_prompt: {blending} live prompts already blend at chunk {at} (at most {MAX_BLEND_PROMPTS}); "
+                f"wait until a transition completes, or send transition 0 to switch at once", "transition")
 
     def stop(self) -> dict:
         return {"applies_at_chunk": self.channel.stop()}

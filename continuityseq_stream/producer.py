@@ -12,7 +12,8 @@ producer is asked to stop (a source waiting while paused gives up then). The def
 pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_stream.testing`.
 
 Protocol with the parent (`Producer` is the parent's handle):
-    child -> parent, over a queue: ("shape", height, width) once the first chunk is decoded; the parent
+    child -> parent, over a pipe (`ipc.MessagePipe`: no named semaphores, nothing for a SIGKILL to
+        leave in /dev/shm): ("shape", height, width) once the first chunk is decoded; the parent
         then `allocate`s the ring and the child attaches to it and says ("attached",), upon which the
         parent unlinks the segment's name (nothing can leak, even after SIGKILL). ("done", chunks) at the end of the
         source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
@@ -37,7 +38,6 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import sys
 import threading
@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping, Optional
 from .chunk import FrameMeta
 from .config import GenerationConfig
 from .errors import ConfigError, ContinuitySeqError
+from .ipc import MessagePipe
 from .prompts import PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 
@@ -114,7 +115,7 @@ class Producer:
             raise ConfigError(f"source_kwargs: {', '.join(taken)} are set by the runtime (live control); leave them out")
         self.schedule, self.channel = schedule, channel
         self._stop = ProcessEvent(self._ctx)
-        self._events = self._ctx.Queue()
+        self._events = MessagePipe()
         self._stats = self._ctx.RawArray("d", _S_FIELDS)
         self._process: Optional[mp.process.BaseProcess] = None
 
@@ -123,12 +124,13 @@ class Producer:
         process = self._ctx.Process(
             target=_child_main,
             name="continuityseq-producer",
-            args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events, self._stats,
-                  log_level, self.schedule, self.channel),
+            args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events.sender(),
+                  self._stats, log_level, self.schedule, self.channel),
             daemon=True,
         )
         process.start()
         self._process = process
+        self._events.close_sender()  # the child has its own copy; the pipe ends when the child does
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -141,10 +143,7 @@ class Producer:
 
     def next_event(self, timeout: float) -> Optional[tuple]:
         """The next message from the child, or None after `timeout` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue_mod.Empty:
-            return None
+        return self._events.recv(timeout)
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
@@ -175,7 +174,6 @@ class Producer:
         if not self.join(grace):
             self.kill()
         self._events.close()
-        self._events.cancel_join_thread()
 
     def stats(self) -> dict:
         """chunks and frames made so far, generation fps (0.0 before there is a measure)."""
@@ -282,13 +280,13 @@ class _Child:
 
     def _first_chunk(self, chunk) -> None:
         h, w = chunk.frame_size
-        self.events.put(("shape", int(h), int(w)))
+        self.events.send(("shape", int(h), int(w)))
         while not self.ring.wait_ready(0.5):
             if self.stop.is_set() or self.ring.closed:
                 raise RingClosed("stopped before the ring was ready")
         self.ring.attach()
         self.attached = True
-        self.events.put(("attached",))
+        self.events.send(("attached",))
 
     def finish(self) -> None:
         with self.phase_lock:
@@ -307,7 +305,7 @@ class _ForwardLogs(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.events.put(("log", record.name, record.levelno, record.getMessage()))
+            self.events.send(("log", record.name, record.levelno, record.getMessage()))
         except Exception:  # noqa: BLE001 - logging must never break generation
             self.handleError(record)
 
@@ -326,15 +324,14 @@ def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_le
     threading.Thread(target=child.watch_parent, name="parent-watcher", daemon=True).start()
     try:
         child.run(source, source_kwargs, schedule, channel)
-        events.put(("done", int(stats[_S_CHUNKS])))
+        events.send(("done", int(stats[_S_CHUNKS])))
     except ContinuitySeqError as e:
-        events.put(("error", type(e).__name__, str(e), False))
+        events.send(("error", type(e).__name__, str(e), False))
     except BaseException as e:  # noqa: BLE001 - report everything to the parent, then exit non-zero
         traceback.print_exc(file=sys.stderr)
-        events.put(("error", type(e).__name__, str(e) or repr(e), True))
+        events.send(("error", type(e).__name__, str(e) or repr(e), True))
     finally:
         child.finish()
         if channel is not None:
             channel.close()
         events.close()
-        events.join_thread()

@@ -27,9 +27,9 @@ Nothing here imports torch: blends are computed with the tensors' own arithmetic
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import multiprocessing
-import queue as queue_module
 import re
 import threading
 import time
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, ContinuitySeqError
+from .ipc import PipeLock
 
 #: separator between a prompt and its negative prompt on one line of a prompt file
 NEGATIVE_SEPARATOR = "|"
@@ -50,6 +51,8 @@ _ESCAPES = {"|": "|", "#": "#", ":": ":", "\\": "\\"}
 _STAMP_RE = re.compile(r"^(\d+(?::\d+){1,2}(?:\.\d+)?)(?=\s|$)")
 #: tolerance when comparing an output time (first_frame / fps) with a stamp
 _TIME_EPS = 1e-6
+#: prompts weighing no more than this in a blend are left out of it
+_MIN_WEIGHT = 1e-12
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ class PromptBlend:
         """Merge equal (prompt, negative) pairs, drop zero weights, keep first-seen order."""
         merged: "OrderedDict[Tuple[str, Optional[str]], float]" = OrderedDict()
         for prompt, negative, weight in items:
-            if weight <= 1e-12:
+            if weight <= _MIN_WEIGHT:
                 continue
             merged[(prompt, negative)] = merged.get((prompt, negative), 0.0) + float(weight)
         total = sum(merged.values())
@@ -606,63 +609,130 @@ RUN_COMMANDS = {"pause": {}, "resume": {}, "stop": {}, "status": {}}
 COMMANDS = {**SETTINGS_COMMANDS, **RUN_COMMANDS}
 _MAX_SEED = 2**63 - 1
 
+# Limits of live updates. They protect a running stream from its control clients: each update is kept
+# until its chunk is made, and one absurd value would spoil the rest of the run (a guidance of 1e308
+# overflows to NaN latents: on the tiny pipeline that chunk and every later one, conditioned on it, came
+# out black even after the guidance was set back). The run's own config is not held to them
+# (`validate_update(..., limits=False)`). docs/reliability-control.md lists them.
+#: characters of a live prompt / negative prompt. CLIP reads 77 tokens (about 300 characters of
+#: English) and ignores the rest; 1,000 leaves room for long words and punctuation.
+MAX_PROMPT_CHARS = 1000
+#: chunks a live `set_prompt` transition may take (hours of video at the usual chunk lengths)
+MAX_TRANSITION_CHUNKS = 10_000
+#: classifier-free guidance scale of a live `set_guidance` (the seed's default is 30)
+MAX_GUIDANCE_SCALE = 100.0
+#: conditioning frames of a live `set_conditioning` (k above a chunk's frame count means all of them)
+MAX_CONDITIONING_FRAMES = 1000
+#: changes the runtime may queue for the producer before it takes them at the next chunk boundary
+MAX_QUEUED_UPDATES = 32
+#: live prompts blending at once (transitions still fading in): each one is encoded for every chunk
+MAX_BLEND_PROMPTS = 16
+#: bytes of one queued update as UTF-8 JSON: two prompts of MAX_PROMPT_CHARS at <= 6 bytes a character
+#: (JSON's \u escapes of control characters) plus the other fields
+_UPDATE_BYTES = 16 * 1024
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def validate_update(message: Mapping[str, Any]) -> dict:
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr(value), shortened: error answers and log lines stay one short line whatever was sent."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python converts to text
+        return f"an {type(value).__name__} too large to show"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_text(command: str, key: str, value: str, limits: bool) -> str:
+    """A prompt field: valid Unicode (a lone surrogate such as JSON's "\\ud800" cannot be encoded and
+    would crash the producer) and, with `limits`, at most MAX_PROMPT_CHARS characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UpdateError(
+            f"{command}: {key!r} contains {value[exc.start]!r} at character {exc.start}, a lone surrogate "
+            f"that is not text; send valid Unicode", key) from None
+    value = value.strip()
+    if limits and len(value) > MAX_PROMPT_CHARS:
+        raise UpdateError(
+            f"{command}: {key!r} has {len(value)} characters; at most {MAX_PROMPT_CHARS} (CLIP reads only its "
+            f"first 77 tokens, about 300 characters of English)", key)
+    return value
+
+
+def _check_number(command: str, key: str, value: Any, limits: bool) -> float:
+    """guidance_scale: a finite number >= 0 (<= MAX_GUIDANCE_SCALE with `limits`)."""
+    ok = (_is_int(value) or isinstance(value, float)) and value >= 0
+    if ok:
+        try:
+            value = float(value)  # an integer too large for a float raises OverflowError
+        except OverflowError:
+            ok = False
+    ok = ok and math.isfinite(value) and (not limits or value <= MAX_GUIDANCE_SCALE)
+    if not ok:
+        upper = f" and <= {MAX_GUIDANCE_SCALE:g}" if limits else ", finite"
+        raise UpdateError(
+            f"{command}: {key!r} must be a number >= 0{upper} (<= 1 turns guidance off), got {_shown(value)}", key)
+    return value
+
+
+def _check_int(command: str, key: str, value: Any, low: int, high: int, what: str) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        raise UpdateError(f"{command}: {key!r} must be {what} in [{low}, {high}], got {_shown(value)}", key)
+    return value
+
+
+def validate_update(message: Mapping[str, Any], *, limits: bool = True) -> dict:
     """Check a command dict and return a normalized copy (plain types, picklable, JSON-able).
 
     Rules match GenerationConfig: prompt non-empty text; negative_prompt text (may be empty);
-    transition an int >= 0 chunks (0 and 1 both switch at once); guidance_scale a number >= 0;
-    1 <= min <= max integers; seed an int in [0, 2**63 - 1]. Unknown commands or fields are errors.
-    Raises UpdateError with `.field` set.
+    transition an int >= 0 chunks (0 and 1 both switch at once); guidance_scale a finite number >= 0;
+    1 <= min <= max integers; seed an int in [0, 2**63 - 1]; text must be valid Unicode. With `limits`
+    (live updates; the run's own config passes False) the ceilings above apply too: prompt length,
+    transition, guidance and conditioning frames. Unknown commands or fields are errors.
+    Raises UpdateError with `.field` set; messages show at most a short piece of a bad value.
     """
     if not isinstance(message, Mapping):
         raise UpdateError(f"a command must be a JSON object, got {type(message).__name__}", None)
     command = message.get("command")
     if not isinstance(command, str):
-        raise UpdateError(f"'command' must be one of {', '.join(COMMANDS)}, got {command!r}", "command")
+        raise UpdateError(f"'command' must be one of {', '.join(COMMANDS)}, got {_shown(command)}", "command")
     if command not in COMMANDS:
-        raise UpdateError(f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}", "command")
+        raise UpdateError(f"unknown command {_shown(command)}; known commands: {', '.join(COMMANDS)}", "command")
     spec = COMMANDS[command]
     for key in message:
         if key != "command" and key not in spec:
             allowed = ", ".join(spec) if spec else "no fields"
-            raise UpdateError(f"{command}: unknown field {key!r}; {command} takes {allowed}", key)
+            raise UpdateError(f"{command}: unknown field {_shown(key)}; {command} takes {allowed}", str(key)[:60])
     for key, required in spec.items():
         if required and key not in message:
             raise UpdateError(f"{command}: missing field {key!r}", key)
+    frames_max = MAX_CONDITIONING_FRAMES if limits else 2**63 - 1
     out: dict = {"command": command}
     for key, value in message.items():
         if key == "command":
             continue
         if key == "prompt":
             if not isinstance(value, str) or not value.strip():
-                raise UpdateError(f"{command}: 'prompt' must be non-empty text, got {value!r}", key)
-            value = value.strip()
+                raise UpdateError(f"{command}: 'prompt' must be non-empty text, got {_shown(value)}", key)
+            value = _check_text(command, key, value, limits)
         elif key == "negative_prompt":
             if value is None and command == "set_prompt":
                 continue  # explicit null: keep the current negative prompt
             if not isinstance(value, str):
-                raise UpdateError(f"{command}: 'negative_prompt' must be text (may be empty), got {value!r}", key)
-            value = value.strip()
+                raise UpdateError(f"{command}: 'negative_prompt' must be text (may be empty), got {_shown(value)}", key)
+            value = _check_text(command, key, value, limits)
         elif key == "transition":
-            if not _is_int(value) or value < 0:
-                raise UpdateError(f"{command}: 'transition' must be a whole number of chunks >= 0, got {value!r}", key)
+            top = MAX_TRANSITION_CHUNKS if limits else 2**63 - 1
+            value = _check_int(command, key, value, 0, top, "a whole number of chunks")
         elif key == "guidance_scale":
-            if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value < 0:
-                raise UpdateError(
-                    f"{command}: 'guidance_scale' must be a number >= 0 (<= 1 turns guidance off), got {value!r}", key
-                )
-            value = float(value)
+            value = _check_number(command, key, value, limits)
         elif key in ("min", "max"):
-            if not _is_int(value) or value < 1:
-                raise UpdateError(f"{command}: {key!r} must be a whole number of conditioning frames >= 1, got {value!r}", key)
+            value = _check_int(command, key, value, 1, frames_max, "a whole number of conditioning frames")
         elif key == "seed":
-            if not _is_int(value) or not 0 <= value <= _MAX_SEED:
-                raise UpdateError(f"{command}: 'seed' must be an integer in [0, {_MAX_SEED}], got {value!r}", key)
+            value = _check_int(command, key, value, 0, _MAX_SEED, "an integer")
         out[key] = value
     if command == "set_conditioning" and out["max"] < out["min"]:
         raise UpdateError(f"set_conditioning: 'max' ({out['max']}) must be >= 'min' ({out['min']})", "max")
@@ -694,6 +764,24 @@ class ChunkSettings:
     @property
     def negative_prompt(self) -> str:
         return self.blend.terms[-1].negative or ""
+
+
+def _without_negligible(overrides: List["_PromptOverride"], chunk: int) -> List["_PromptOverride"]:
+    """Drop the live prompts whose share of every chunk from `chunk` on is at most `_MIN_WEIGHT`.
+
+    Each newer override scales the share of everything older by (1 - its weight), and weights only
+    grow with the chunk index; so once the product of those factors is at most `_MIN_WEIGHT`, the older
+    overrides stay below the weight `PromptBlend.from_weighted` drops anyway. Without this, a client
+    sending long transitions one after the other would pile up overrides for as long as they last.
+    """
+    share, kept = 1.0, 0
+    for o in reversed(overrides):
+        if share <= _MIN_WEIGHT:
+            break
+        kept += 1
+        if o.at <= chunk:
+            share *= 1.0 - o.weight(chunk)
+    return overrides[len(overrides) - kept:]
 
 
 @dataclass(frozen=True)
@@ -735,11 +823,14 @@ class LiveSettings:
         seed: Optional[int] = None,
         schedule: Optional[PromptSchedule] = None,
     ) -> None:
-        base = validate_update({"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""})
-        validate_update({"command": "set_guidance", "guidance_scale": guidance_scale})
-        validate_update({"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames})
+        # the run's own config: checked like updates, but not held to the limits of live clients
+        base = validate_update({"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""},
+                               limits=False)
+        validate_update({"command": "set_guidance", "guidance_scale": guidance_scale}, limits=False)
+        validate_update({"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames},
+                        limits=False)
         if seed is not None:
-            validate_update({"command": "set_seed", "seed": seed})
+            validate_update({"command": "set_seed", "seed": seed}, limits=False)
         if schedule is not None and not isinstance(schedule, PromptSchedule):
             raise ConfigError(f"schedule: got {type(schedule).__name__}; give a PromptSchedule or None")
         self._lock = threading.Lock()
@@ -858,6 +949,21 @@ class LiveSettings:
                 reseed=chunk in self._reseed_at,
             )
 
+    def live_prompts(self, chunk: int) -> int:
+        """How many live prompts weigh in chunk `chunk`'s blend (0: the file / config prompt alone).
+        Counted from the newest: a complete transition hides everything older, and prompts whose share
+        fell to the blend's threshold do not count."""
+        with self._lock:
+            share, count = 1.0, 0
+            for o in reversed(self._overrides):
+                if o.at > chunk:
+                    continue
+                if share <= _MIN_WEIGHT:
+                    break
+                count += 1
+                share *= 1.0 - o.weight(chunk)
+            return count
+
     def upcoming(self, chunk: int, start_time: Optional[float] = None, count: int = 5) -> List[dict]:
         """Scheduled prompt changes after `chunk`: live transitions not yet complete, else the file's."""
         with self._lock:
@@ -889,6 +995,7 @@ class LiveSettings:
             if done:
                 self._overrides = self._overrides[done[-1]:]
                 self._schedule = None  # fully replaced by a live prompt for the rest of the run
+            self._overrides = _without_negligible(self._overrides, chunk)
             negs = [i for i, (at, _, _) in enumerate(self._negatives) if at <= chunk]
             if negs:
                 self._negatives = self._negatives[negs[-1]:]
@@ -916,44 +1023,63 @@ class ChannelError(ContinuitySeqError):
 class UpdateChannel:
     """Carries live updates from the runtime (main process) to the producer (spawned child).
 
-    Made of multiprocessing primitives of one context (spawn by default), so it must reach the child
-    as an argument of `Process(...)`, not through a queue. Works between threads of one process too
-    (the Python API).
+    Must reach the child as an argument of `Process(...)`, not through a queue. Works between threads
+    of one process too (the Python API).
 
     Exactness of "applies at chunk k": `next_chunk` is the first chunk whose settings are not fixed.
-    The runtime's `submit` reads it and enqueues the update under one lock, counting what it sent;
-    the producer's `begin_chunk(k)` takes the same lock, notes how many updates were sent, moves
-    `next_chunk` past k, then receives exactly that many. So an update answered with k is applied to
-    chunk k — never earlier, never later. pause / stop are shared flags read at the boundary:
-    chunk k does not start while paused; stop makes `begin_chunk` return None.
+    The runtime's `submit` reads it and stores the update under one lock; the producer's
+    `begin_chunk(k)` takes the same lock, takes every stored update and moves `next_chunk` past k. So
+    an update answered with k is applied to chunk k — never earlier, never later. pause / stop are
+    shared flags read at the boundary: chunk k does not start while paused; stop makes `begin_chunk`
+    return None.
+
+    Bounded: updates wait in a fixed shared-memory mailbox of `capacity` slots (JSON, at most
+    `_UPDATE_BYTES` each); when it is full (a paused producer takes nothing), `submit` raises
+    UpdateError instead of growing memory. Nothing here has a name in /dev/shm (the lock is an
+    `ipc.PipeLock`, the mailbox a `RawArray`), so a SIGKILL of every process leaves nothing behind.
 
     Deliberately no `multiprocessing.Condition` (its `notify` waits for every sleeper and hangs for
     good once a sleeping producer was killed): the paused producer polls the flags, and every lock is
     taken with a timeout (a side that died holding it gives a ChannelError, not a hang).
     """
 
-    def __init__(self, context: Any = None) -> None:
+    def __init__(self, context: Any = None, capacity: int = MAX_QUEUED_UPDATES) -> None:
+        if not _is_int(capacity) or capacity < 1:
+            raise ConfigError(f"UpdateChannel capacity: got {capacity!r}; use at least 1 update")
         ctx = context if context is not None else multiprocessing.get_context("spawn")
-        self._queue = ctx.Queue()
-        self._lock = ctx.Lock()
-        self._next = ctx.Value("q", 0, lock=False)
-        self._sent = ctx.Value("q", 0, lock=False)
-        self._paused = ctx.Value("b", 0, lock=False)
-        self._stopped = ctx.Value("b", 0, lock=False)
-        self._received = 0  # producer side only
+        self.capacity = capacity
+        self._lock = PipeLock()
+        self._next = ctx.RawValue("q", 0)
+        self._sent = ctx.RawValue("q", 0)   # updates stored so far
+        self._taken = ctx.RawValue("q", 0)  # updates the producer took so far
+        self._paused = ctx.RawValue("b", 0)
+        self._stopped = ctx.RawValue("b", 0)
+        self._lengths = ctx.RawArray("q", capacity)
+        self._box = ctx.RawArray("B", capacity * _UPDATE_BYTES)
 
     # -- runtime side -------------------------------------------------------------------------
     def submit(self, update: Mapping[str, Any]) -> int:
-        """Send a settings change; returns the chunk it applies at."""
+        """Send a settings change; returns the chunk it applies at. UpdateError when the mailbox is
+        full (`capacity` changes already wait for the next chunk) or the stream is stopping."""
         u = validate_update(update)
         if u["command"] not in SETTINGS_COMMANDS:
             raise UpdateError(f"{u['command']} is not a settings change; use pause(), resume() or stop()", "command")
+        data = json.dumps(u, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(data) > _UPDATE_BYTES:  # cannot happen within the prompt limits; checked all the same
+            raise UpdateError(f"{u['command']}: the change takes {len(data)} bytes; at most {_UPDATE_BYTES}", None)
         with self._locked():
             if self._stopped.value:
                 raise UpdateError("the stream is stopping; no more changes are taken", None)
             at = int(self._next.value)
+            waiting = self._sent.value - self._taken.value
+            if waiting >= self.capacity:
+                raise UpdateError(
+                    f"{waiting} changes already wait for chunk {at} (at most {self.capacity}); send more once it "
+                    f"has started{' (the stream is paused: resume first)' if self._paused.value else ''}", None)
+            slot = self._sent.value % self.capacity
+            memoryview(self._box).cast("B")[slot * _UPDATE_BYTES: slot * _UPDATE_BYTES + len(data)] = data
+            self._lengths[slot] = len(data)
             self._sent.value += 1
-            self._queue.put(u)
         return at
 
     def pause(self) -> int:
@@ -980,17 +1106,19 @@ class UpdateChannel:
                 "next_chunk": int(self._next.value),
                 "paused": bool(self._paused.value),
                 "stopping": bool(self._stopped.value),
+                "queued_updates": int(self._sent.value - self._taken.value),
             }
 
     # -- producer side ------------------------------------------------------------------------
     def begin_chunk(
-        self, chunk: int, timeout: float = 30.0, poll: float = 0.25, abort: Optional[Callable[[], bool]] = None
+        self, chunk: int, timeout: float = 10.0, poll: float = 0.25, abort: Optional[Callable[[], bool]] = None
     ) -> Optional[List[dict]]:
         """Called by the producer before generating chunk `chunk`: waits while paused, returns the
         updates that apply at this chunk, or None when the run must stop. `abort()` (checked while
-        paused) lets the producer give up when the runtime is gone."""
+        paused) lets the producer give up when the runtime is gone. `timeout`: seconds to wait for
+        the channel's lock (ChannelError after that)."""
         while True:
-            with self._locked():
+            with self._locked(timeout):
                 if self._stopped.value:
                     return None
                 if not self._paused.value:
@@ -998,23 +1126,19 @@ class UpdateChannel:
             if abort is not None and abort():
                 return None
             time.sleep(poll)  # paused: poll the flags (see the class docstring)
-        with self._locked():
+        with self._locked(timeout):
             if self._stopped.value:
                 return None
             if chunk < self._next.value:
                 raise ValueError(f"chunk {chunk} already began (next is {self._next.value})")
-            target = int(self._sent.value)
+            box = memoryview(self._box).cast("B")
+            raw = []
+            for n in range(self._taken.value, self._sent.value):
+                slot = n % self.capacity
+                raw.append(bytes(box[slot * _UPDATE_BYTES: slot * _UPDATE_BYTES + self._lengths[slot]]))
+            self._taken.value = self._sent.value
             self._next.value = chunk + 1
-        updates: List[dict] = []
-        while self._received < target:
-            try:
-                updates.append(self._queue.get(timeout=timeout))
-            except queue_module.Empty:
-                raise ChannelError(
-                    f"update channel: {target - self._received} announced update(s) did not arrive within {timeout} s"
-                ) from None
-            self._received += 1
-        return updates
+        return [json.loads(r.decode("utf-8")) for r in raw]
 
     @contextlib.contextmanager
     def _locked(self, timeout: float = 10.0):
@@ -1026,6 +1150,5 @@ class UpdateChannel:
             self._lock.release()
 
     def close(self) -> None:
-        """Release the queue's feeder thread (call in each process when done)."""
-        self._queue.close()
-        self._queue.cancel_join_thread()
+        """Nothing to release any more (no queue feeder thread; the pipe closes with the object); kept so
+        callers can end the channel the same way in each process."""

@@ -24,9 +24,10 @@ Reader policies (see `sinks/base.py`):
     latest  never holds the writer: a reader whose next frame was overwritten jumps to the newest
             frame and counts the frames it skipped. A reader that keeps up still gets every frame.
 
-Synchronisation: one `multiprocessing.Lock` guards the cursors (never held while pixels move); wake-ups
-go through one semaphore per reader and one for the writer, released only when the other side said it
-waits (a flag in the control block). Deliberately no `multiprocessing.Condition`: its `notify` waits
+Synchronisation: one lock guards the cursors (never held while pixels move); wake-ups go through one
+semaphore per reader and one for the writer, released only when the other side said it waits (a flag
+in the control block). The lock and semaphores are pipes (`ipc.PipeLock` / `PipeSemaphore`), not
+multiprocessing's named semaphores, so they have no name that a SIGKILL could leave in /dev/shm. Deliberately no `multiprocessing.Condition`: its `notify` waits
 for the sleepers to acknowledge and hangs forever once a waiting process was killed. All of it is
 created before the producer is spawned and travels with it. One writer (the producer). A slot is
 never rewritten while a `block` reader has not released it (its cursor still points at it). A
@@ -57,6 +58,7 @@ import numpy as np
 
 from .chunk import FrameMeta
 from .errors import ConfigError, ContinuitySeqError
+from .ipc import PipeLock, PipeSemaphore
 
 __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
            "ring_bytes"]
@@ -92,13 +94,14 @@ class ProcessEvent:
 
     `multiprocessing.Event` is built on `Condition`, whose `notify` waits for every sleeper to
     acknowledge: once a process is killed while waiting, the next `set()` hangs forever. This one is
-    a shared flag plus a semaphore; `set` never blocks, and each waiter passes the wake-up on.
+    a shared flag plus a semaphore; `set` never blocks, and each waiter passes the wake-up on. Neither
+    has a name in /dev/shm (`ipc.PipeSemaphore`, and `RawValue` lives in an unlinked mapping).
     """
 
     def __init__(self, ctx=None) -> None:
         ctx = ctx or mp.get_context("spawn")
         self._flag = ctx.RawValue("b", 0)
-        self._sem = ctx.Semaphore(0)
+        self._sem = PipeSemaphore(0)
 
     def set(self) -> None:
         self._flag.value = 1
@@ -181,9 +184,9 @@ class FrameRing:
         self.slots, self.max_readers, self.prompt_bytes = slots, max_readers, prompt_bytes
         self._wake_room = max(1, slots // 4)
         self.name = f"csq_{os.getpid()}_{secrets.token_hex(6)}"
-        self._lock = ctx.Lock()
-        self._writer_wake = ctx.Semaphore(0)
-        self._reader_wake = [ctx.Semaphore(0) for _ in range(max_readers)]
+        self._lock = PipeLock()
+        self._writer_wake = PipeSemaphore(0)
+        self._reader_wake = [PipeSemaphore(0) for _ in range(max_readers)]
         self._ready = ProcessEvent(ctx)
         self._ctl = ctx.RawArray("q", _HEADER + max_readers * _R_FIELDS)
         self._init_local()

@@ -11,7 +11,6 @@ import torch
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
 from continuityseq_stream.prompts import (
-    ChannelError,
     LiveSettings,
     PromptBlend,
     PromptBlender,
@@ -420,7 +419,7 @@ def test_channel_applies_at_the_announced_chunk_and_pauses():
         channel.close()
 
 
-def test_channel_stop_releases_a_paused_producer_and_reports_lost_updates():
+def test_channel_stop_releases_a_paused_producer():
     channel = UpdateChannel()
     try:
         channel.pause()
@@ -431,13 +430,6 @@ def test_channel_stop_releases_a_paused_producer_and_reports_lost_updates():
         channel.stop()
         t.join(5)
         assert result == [None]
-    finally:
-        channel.close()
-    channel = UpdateChannel()
-    try:
-        channel._sent.value += 1  # an announced update that never arrives
-        with pytest.raises(ChannelError, match="did not arrive"):
-            channel.begin_chunk(0, timeout=0.1)
     finally:
         channel.close()
     channel = UpdateChannel()
