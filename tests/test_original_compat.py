@@ -1,0 +1,113 @@
+"""Where the CLI follows the original inference.py (issue #15): the video size an init image or video
+implies.
+The CLI tests run the real command (producer process, ring, H.264 file) and read the mp4 back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from continuityseq_stream.errors import ConfigError
+from continuityseq_stream.sources import fit_video_size, init_source_size
+from test_cli import cli, read_video
+from test_sources import make_video
+
+PROMPT = "an astronaut is walking on the moon"
+FAST = ["-m", "demo-random", "-p", PROMPT, "-T", "2", "-s", "1", "-t", "1", "-r", "0"]
+
+
+@pytest.fixture(autouse=True)
+def demo_cache(tmp_path_factory, monkeypatch):
+    """One demo-model cache for the whole session, never the user's ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def _image(path, width, height, seed=0):
+    rgb = np.random.RandomState(seed).randint(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+def _run(args, capsys):
+    """Run the CLI; returns (frames of the mp4 it wrote, stderr)."""
+    code, out, err = cli(args, capsys)
+    assert code == 0, err
+    return read_video(out.strip().splitlines()[-1]), err
+
+
+# -- the size rule --------------------------------------------------------------------------------
+def test_fit_video_size_rounds_down_and_explicit_sizes_win():
+    assert fit_video_size((200, 120)) == (200, 120)
+    assert fit_video_size((205, 127)) == (200, 120)  # rounded down, as the original's `x - x % 8`
+    assert fit_video_size((205, 127), 64, 48) == (64, 48)
+    assert fit_video_size((200, 120), width=96) == (96, 56)  # 96 * 120 / 200 = 57.6 -> 56: aspect kept
+    assert fit_video_size((200, 120), height=64) == (104, 64)  # 64 * 200 / 120 = 106.7 -> 104
+    assert fit_video_size((400, 20), width=64) == (64, 8)  # never below 8
+
+
+def test_fit_video_size_too_small_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"--init-video: it is 7x200 pixels.*-WI/-HI") as e:
+        fit_video_size((7, 200), flag="--init-video")
+    assert "\n" not in str(e.value)
+    assert fit_video_size((7, 200), 16, 200) == (16, 200)  # both given: the source size does not matter
+
+
+def test_init_source_size_reads_headers(tmp_path):
+    assert init_source_size(_image(tmp_path / "a.jpg", 205, 127)) == (205, 127)
+    assert init_source_size(init_video=str(make_video(tmp_path / "v.mp4", 3, w=80, h=60))) == (80, 60)
+    assert init_source_size() is None
+    with pytest.raises(ConfigError, match="-i/--init-image.*does not exist"):
+        init_source_size(str(tmp_path / "missing.png"))
+    (tmp_path / "bad.mp4").write_bytes(b"\0" * 100)
+    with pytest.raises(ConfigError, match="--init-video: cannot open"):
+        init_source_size(init_video=str(tmp_path / "bad.mp4"))
+
+
+@pytest.mark.slow
+def test_cli_init_image_sets_the_video_size(tmp_path, capsys):
+    img = _image(tmp_path / "image.png", 200, 120)
+    frames, err = _run([*FAST, "-i", img, "-o", str(tmp_path / "a")], capsys)
+    assert frames.shape == (2, 120, 200, 3)
+    assert "video size 200x120 from -i/--init-image" in err
+
+
+@pytest.mark.slow
+def test_cli_size_flags_win_over_the_init_image(tmp_path, capsys):
+    img = _image(tmp_path / "image.png", 200, 120)
+    frames, err = _run([*FAST, "-i", img, "-WI", "64", "-HI", "48", "-o", str(tmp_path / "a")], capsys)
+    assert frames.shape == (2, 48, 64, 3)
+    assert "video size" not in err
+    frames, _ = _run([*FAST, "-i", img, "--width", "96", "-o", str(tmp_path / "b")], capsys)
+    assert frames.shape == (2, 56, 96, 3)  # the height follows the image's aspect ratio
+
+
+@pytest.mark.slow
+def test_cli_init_video_sets_the_video_size(tmp_path, capsys):
+    video = make_video(tmp_path / "previous.mp4", 6, w=80, h=60)
+    frames, err = _run([*FAST, "--init-video", str(video), "-CX", "2", "-o", str(tmp_path / "a")], capsys)
+    assert frames.shape == (2, 56, 80, 3)
+    assert "video size 80x56 from --init-video of 80x60" in err
+
+
+@pytest.mark.slow
+def test_cli_trained_demo_takes_the_image_size_and_its_other_settings(tmp_path, capsys):
+    img = _image(tmp_path / "image.png", 48, 40)
+    frames, err = _run(["-m", "demo", "-p", "a red circle moving left on a gray background", "-i", img, "-s", "2",
+                        "-t", "1", "-r", "0", "-o", str(tmp_path / "a")], capsys)
+    assert frames.shape == (4, 40, 48, 3)  # the image's size; the demo's 4 frames per chunk
+    settings = next(ln for ln in err.splitlines() if "demo model settings" in ln)
+    assert "num_frames 4" in settings and "width" not in settings and "height" not in settings
+
+
+@pytest.mark.slow
+def test_cli_tiny_init_image_exits_2_with_one_line(tmp_path, capsys):
+    img = _image(tmp_path / "tiny.png", 5, 5)
+    code, _, err = cli([*FAST, "-i", img, "-o", str(tmp_path / "out")], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "-i/--init-image: it is 5x5 pixels" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
