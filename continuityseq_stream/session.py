@@ -228,7 +228,7 @@ def open_stream(
         vae_batch_size=config.vae_batch_size,
         vae_scale=config.vae_scale,
         upscaler=upscaler,
-        upscaler_steps=2 if config.upscaler == "demo" else 20,
+        upscaler_steps=config.num_steps,  # as the original: the upscaler runs -s steps
         updates=updates,
         fps=config.fps,
         abort=abort,

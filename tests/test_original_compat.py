@@ -1,5 +1,5 @@
 """Where the CLI follows the original inference.py (issue #15): the video size an init image or video
-implies.
+implies, and the upscaler's steps and batch.
 The CLI tests run the real command (producer process, ring, H.264 file) and read the mp4 back."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from continuityseq_stream import sources
+from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
 from continuityseq_stream.sources import fit_video_size, init_source_size
 from test_cli import cli, read_video
@@ -111,3 +113,40 @@ def test_cli_tiny_init_image_exits_2_with_one_line(tmp_path, capsys):
     assert code == 2 and len(lines) == 1, err
     assert "-i/--init-image: it is 5x5 pixels" in lines[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# -- the upscaler -----------------------------------------------------------------------------------
+def _count_upscaler_unet_calls(upscaler, calls: list) -> None:
+    """Record the batch size of every forward call of the upscaler's UNet (one call per step: no CFG)."""
+    upscaler.unet.register_forward_hook(lambda _m, args, _out: calls.append(int(args[0].shape[0])))
+
+
+def test_upscaler_runs_num_steps_on_the_whole_chunk(tmp_path, monkeypatch):
+    """open_stream (what the CLI's producer runs) with -s 7: the upscaler's UNet runs 7 times per chunk,
+    each time on all the chunk's frames (the original: num_inference_steps = -s, batches of -T frames)."""
+    from continuityseq_stream.session import open_stream
+
+    calls: list = []
+    real_load = sources.load_upscaler
+
+    def load_and_count(*args, **kwargs):
+        upscaler = real_load(*args, **kwargs)
+        _count_upscaler_unet_calls(upscaler, calls)
+        return upscaler
+
+    monkeypatch.setattr(sources, "load_upscaler", load_and_count)
+    config = GenerationConfig(prompt="x", model="demo-random", init_image=_image(tmp_path / "i.png", 64, 64),
+                              width=64, height=64, num_frames=3, num_steps=7, times=2, seed=0, upscale=True,
+                              upscaler="demo", vae_batch_size=2)
+    chunks = list(open_stream(config, progress=False))
+    assert [c.frames.shape for c in chunks] == [(3, 128, 128, 3)] * 2
+    assert calls == [3] * 14  # 2 chunks x 7 steps, 3 frames each (not -VB 2)
+
+
+@pytest.mark.slow
+def test_cli_upscale_runs_the_upscaler_num_steps(tmp_path, capsys):
+    img = _image(tmp_path / "i.png", 64, 64)
+    frames, err = _run(["-m", "demo-random", "-p", "x", "-i", img, "-T", "2", "-s", "7", "-t", "1", "-u",
+                        "--upscaler", "demo", "-o", str(tmp_path)], capsys)
+    assert frames.shape == (2, 128, 128, 3)
+    assert "upscaler: 1 call(s) of 2 frames, steps run per call: 7" in err  # counted by the step callback
