@@ -179,6 +179,9 @@ RUN_OPTIONS = [
     _opt("-N", "--include-model", "include_model", is_flag=True, help="Put the model name in the file name."),
     _opt("-u", "--upscale", "upscale", is_flag=True, help="x2 latent upscaler per chunk (see --upscaler)."),
     _opt(None, "--upscaler", "upscaler", default=DEFAULT_UPSCALER, show_default=True, help="Latent upscaler model for -u."),
+    _opt(None, "--original-postprocess", "original_postprocess", is_flag=True,
+         help="The original's look: frames truncated (not rounded) to 8 bits, then CLAHE (clip 1.2, 1x1 tiles) "
+              "and its gamma 0.98 per frame and channel (darker: white becomes 228). See docs/differences.md."),
     _opt(None, "--compile", "compile", is_flag=True,
          help="torch.compile the UNet: the first chunk waits for the compilation (minutes), later steps run faster."),
     # streaming (runtime.py)

@@ -57,6 +57,7 @@ FLAG_NAMES = {
     "upscale": "-u/--upscale",
     "upscaler": "--upscaler",
     "compile": "--compile",
+    "original_postprocess": "--original-postprocess",
 }
 
 
@@ -96,6 +97,8 @@ class GenerationConfig:
     upscaler: str = DEFAULT_UPSCALER
     #: torch.compile the UNet (first chunk pays the compilation; bench/bench_model.py --compile)
     compile: bool = False
+    #: the original's truncation to uint8, CLAHE and gamma on every frame (postprocess.py)
+    original_postprocess: bool = False
 
     def __post_init__(self) -> None:
         self._validate()

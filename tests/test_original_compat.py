@@ -1,14 +1,15 @@
 """Where the CLI follows the original inference.py (issue #15): the video size an init image or video
-implies, and the upscaler's steps and batch.
+implies, the upscaler's steps and batch, and `--original-postprocess` (truncation, CLAHE, gamma).
 The CLI tests run the real command (producer process, ring, H.264 file) and read the mp4 back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from continuityseq_stream import sources
+from continuityseq_stream import postprocess, sources
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
 from continuityseq_stream.sources import fit_video_size, init_source_size
@@ -150,3 +151,63 @@ def test_cli_upscale_runs_the_upscaler_num_steps(tmp_path, capsys):
                         "--upscaler", "demo", "-o", str(tmp_path)], capsys)
     assert frames.shape == (2, 128, 128, 3)
     assert "upscaler: 1 call(s) of 2 frames, steps run per call: 7" in err  # counted by the step callback
+
+
+# -- --original-postprocess ---------------------------------------------------------------------------
+def test_truncation_differs_from_rounding_by_half_an_lsb():
+    values = torch.tensor([100.6 / 127.5 - 1, 0.0, 1.0, -1.0, 2.0])  # last: clamped
+    pixels = values.view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert postprocess.pixels_to_uint8_truncated(pixels)[0, 0, :, 0].tolist() == [100, 127, 255, 0, 255]
+    assert sources.pixels_to_uint8(pixels)[0, 0, :, 0].tolist() == [101, 128, 255, 0, 255]
+    ramp = torch.linspace(-1, 1, 10001).view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    mean_gap = sources.pixels_to_uint8(ramp).astype(float).mean() - postprocess.pixels_to_uint8_truncated(ramp).mean()
+    assert mean_gap == pytest.approx(0.5, abs=0.01)
+
+
+def test_gamma_applies_to_the_0_255_values():
+    white = np.full((1, 8, 8, 3), 255, np.uint8)
+    assert (postprocess.clahe_gamma(white) == 228).all()  # 255 ** 0.98 = 228.4: white becomes 228
+    assert (postprocess.clahe_gamma(white, gamma=1.0) == 255).all()
+
+
+def test_clahe_gamma_per_frame_and_channel_as_defined():
+    import cv2
+
+    rng = np.random.RandomState(1)
+    frames = rng.randint(90, 140, (2, 24, 32, 3)).astype(np.uint8)  # low contrast: CLAHE stretches it
+    frames[1, ..., 2] = 0  # one flat channel must not change the others
+    out = postprocess.clahe_gamma(frames)
+    clahe = cv2.createCLAHE(clipLimit=1.2, tileGridSize=(1, 1))
+    for f in range(2):
+        for c in range(3):
+            want = np.floor(clahe.apply(frames[f, :, :, c].copy()).astype(np.float64) ** 0.98).astype(np.uint8)
+            assert np.array_equal(out[f, :, :, c], want), (f, c)
+    assert np.array_equal(out[1, ..., :2], postprocess.clahe_gamma(frames[1:, ..., :2].copy())[0])
+    assert np.ptp(out[0, ..., 0].astype(int)) > np.ptp(frames[0, ..., 0].astype(int))  # contrast went up
+
+
+def test_open_stream_original_postprocess_frames(tmp_path):
+    """--original-postprocess gives exactly original_postprocess(the decoded pixels) of the same run."""
+    from continuityseq_stream.session import open_stream
+
+    config = GenerationConfig(prompt="x", model="demo-random", init_image=_image(tmp_path / "i.png", 32, 24),
+                              width=32, height=24, num_frames=2, num_steps=1, times=2, seed=3)
+    raw = [c.frames for c in open_stream(config, progress=False, output_type="pt")]
+    looked = list(open_stream(config.replace(original_postprocess=True), progress=False, output_type="pt"))
+    assert len(looked) == 2
+    for pixels, chunk in zip(raw, looked):
+        assert chunk.frames.dtype == np.uint8 and chunk.frames.shape == (2, 24, 32, 3)
+        assert np.array_equal(chunk.frames, postprocess.original_postprocess(pixels))
+        assert chunk.frames.max() <= 228
+
+
+@pytest.mark.slow
+def test_cli_original_postprocess(tmp_path, capsys):
+    """A white shape on black from the trained demo: its gamma caps white at 228 (H.264 adds a few levels)."""
+    args = ["-m", "demo", "-p", "a white triangle moving up on a black background", "-s", "4", "-t", "1", "-r", "0"]
+    plain, _ = _run([*args, "-o", str(tmp_path / "a")], capsys)
+    looked, _ = _run([*args, "--original-postprocess", "-o", str(tmp_path / "b")], capsys)
+    assert plain.shape == looked.shape == (4, 32, 32, 3)
+    luma = np.array([0.299, 0.587, 0.114])
+    assert (plain @ luma).max() > 245  # measured 254
+    assert (looked @ luma).max() < 236  # measured 231
