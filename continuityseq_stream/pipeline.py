@@ -31,8 +31,9 @@ prompts' embeddings, each prompt encoded once (`prompts.PromptBlender`).
 
 Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
 its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
-encoder); randomness only from explicit generators. The original's CLAHE post-processing is not
-applied (frames are the decoder's output).
+encoder); randomness only from explicit generators. The original's truncation, CLAHE and gamma
+are not applied here (frames are the decoder's output, rounded); `postprocess.py` has them
+(`--original-postprocess`). Every difference from the original: docs/differences.md.
 """
 
 from __future__ import annotations
