@@ -160,6 +160,10 @@ def _opt(short, long, dest, **kw):
     return click.option(*_names(short, long), dest, **kw)
 
 
+#: -WI/-HI help: where the size comes from when the flag is not given
+SIZE_HELP = ("Video {0} (multiple of 8). Not given: the -i/--init-video {0} rounded down to a multiple of 8, "
+             "else 32 with --model demo, else the default.")
+
 RUN_OPTIONS = [
     _opt("-m", "--model", "model", default=DEFAULT_MODEL, show_default=True,
          help="Model folder or hub id (diffusers layout), 'demo' (small model trained on moving shapes, shipped; "
@@ -176,15 +180,19 @@ RUN_OPTIONS = [
          show_default=True, help="Min conditioning frames k, drawn after each chunk."),
     _opt("-CX", "--max_conditioning_n_sample_frames", "max_conditioning_frames", type=int, default=8,
          show_default=True, help="Max conditioning frames k (also: frames taken from --init-video)."),
-    _opt("-WI", "--width", "width", type=int, default=576, show_default=True, help="Video width (multiple of 8)."),
-    _opt("-HI", "--height", "height", type=int, default=320, show_default=True, help="Video height (multiple of 8)."),
+    _opt("-WI", "--width", "width", type=int, default=576, show_default=True, help=SIZE_HELP.format("width")),
+    _opt("-HI", "--height", "height", type=int, default=320, show_default=True, help=SIZE_HELP.format("height")),
     _opt("-IW", "--image-width", "image_width", type=int, default=None, help="Init image width for -MP (default: video width)."),
     _opt("-IH", "--image-height", "image_height", type=int, default=None, help="Init image height for -MP (default: video height)."),
     _opt("-MP", "--model-2d", "model_2d", default=None,
          help=f"Text-to-image model for the first frame, or 'demo' (tiny, random) [default: {DEFAULT_MODEL_2D}; "
               "'demo' with --model demo-random; not used by --model demo, which draws its first frame]."),
-    _opt("-i", "--init-image", "init_image", default=None, help="Start from this image (any size; resized)."),
-    _opt(None, "--init-video", "init_video", default=None, help="Continue this video (its last CX frames condition the first chunk)."),
+    _opt("-i", "--init-image", "init_image", default=None,
+         help="Start from this image; the video takes its size, rounded down to multiples of 8, unless -WI/-HI "
+              "are given (only one: the other keeps the image's aspect ratio)."),
+    _opt(None, "--init-video", "init_video", default=None,
+         help="Continue this video (its last CX frames condition the first chunk); its frame size sets the video "
+              "size as with --init-image."),
     _opt("-VS", "--vae-scale", "vae_scale", type=float, default=None, help="VAE scaling factor (default: the VAE config's, 0.18215 for SD VAEs)."),
     _opt("-VB", "--vae-batch-size", "vae_batch_size", type=int, default=16, show_default=True, help="Frames per VAE call."),
     _opt("-s", "--num-steps", "num_steps", type=int, default=25, show_default=True, help="DDIM steps per chunk."),
@@ -203,6 +211,9 @@ RUN_OPTIONS = [
     _opt("-N", "--include-model", "include_model", is_flag=True, help="Put the model name in the file name."),
     _opt("-u", "--upscale", "upscale", is_flag=True, help="x2 latent upscaler per chunk (see --upscaler)."),
     _opt(None, "--upscaler", "upscaler", default=DEFAULT_UPSCALER, show_default=True, help="Latent upscaler model for -u."),
+    _opt(None, "--original-postprocess", "original_postprocess", is_flag=True,
+         help="The original's look: frames truncated (not rounded) to 8 bits, then CLAHE (clip 1.2, 1x1 tiles) "
+              "and its gamma 0.98 per frame and channel (darker: white becomes 228). See docs/differences.md."),
     _opt(None, "--compile", "compile", is_flag=True,
          help="torch.compile the UNet: the first chunk waits for the compilation (minutes), later steps run faster."),
     # streaming (runtime.py)
@@ -279,17 +290,43 @@ _DEMO_FLAGS = {"width": "width", "height": "height", "num_frames": "num_frames",
                "num_steps": "num_inference_steps"}
 
 
-def _demo_defaults(options: dict) -> list[str]:
+def _given(field: str) -> bool:
+    """True when the user gave this option (command line or environment), not its default."""
+    source = click.get_current_context().get_parameter_source(field)
+    return source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def _size_from_init(options: dict) -> bool:
+    """-i/--init-video without both -WI and -HI: the video takes the image's (the video's frame) size,
+    rounded down to multiples of 8, as the original; a given -WI or -HI wins (see
+    `sources.fit_video_size`). Returns True when the size was set here."""
+    from .sources import fit_video_size, init_source_size
+
+    if _given("width") and _given("height"):
+        return False
+    source = init_source_size(options["init_image"], options["init_video"])
+    if source is None:
+        return False
+    name = "init_image" if options["init_image"] is not None else "init_video"
+    width, height = fit_video_size(source, options["width"] if _given("width") else None,
+                                   options["height"] if _given("height") else None, name=name)
+    options["width"], options["height"] = width, height
+    logger.info("video size %dx%d from %s of %dx%d (multiples of 8; -WI/-HI choose another)",
+                width, height, flag_for(name), *source)
+    return True
+
+
+def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
     """`--model demo`: the trained demo's own settings for the flags the user left at their default
     (the original's 576x320, 8 frames, guidance 30 are far outside what that tiny model knows).
-    Returns what was applied, for a log line once the input has passed its checks (a run refused for
-    bad input prints its one error line and nothing else)."""
+    `skip`: fields already decided otherwise (the size an init image gave). Returns what was applied,
+    for a log line once the input has passed its checks (a run refused for bad input prints its one
+    error line and nothing else)."""
     from .demo_model import DEMO_SETTINGS
 
-    ctx = click.get_current_context()
     applied = []
     for field, key in _DEMO_FLAGS.items():
-        if ctx.get_parameter_source(field) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+        if field not in skip and not _given(field):
             options[field] = DEMO_SETTINGS[key]
             applied.append(f"{field} {DEMO_SETTINGS[key]}")
     return applied
@@ -311,7 +348,10 @@ def _run(**options) -> None:
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     if options["model_2d"] is None:  # the offline random demo pairs with the offline text-to-image demo
         options["model_2d"] = "demo" if options["model"] == RANDOM_DEMO_NAME else DEFAULT_MODEL_2D
-    demo_applied = _demo_defaults(options) if options["model"] in TRAINED_DEMO_NAMES else []
+    # precedence of the size: -WI/-HI given > the init image's (video's) size > the demo's > defaults
+    sized = _size_from_init(options)
+    demo_applied = (_demo_defaults(options, skip=("width", "height") if sized else ())
+                    if options["model"] in TRAINED_DEMO_NAMES else [])
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:

@@ -75,6 +75,8 @@ class GenerationConfig:
     upscaler: str = DEFAULT_UPSCALER
     #: torch.compile the UNet (first chunk pays the compilation; bench/bench_model.py --compile)
     compile: bool = False
+    #: the original's truncation to uint8, CLAHE and gamma on every frame (postprocess.py)
+    original_postprocess: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -174,7 +176,7 @@ class GenerationConfig:
                 raise bad_value("device", self.device, "use cpu, cuda, cuda:N or mps")
 
     def _check_flags(self) -> None:
-        for name in ("xformers", "sdp", "save_init", "include_model", "upscale", "compile"):
+        for name in ("xformers", "sdp", "save_init", "include_model", "upscale", "compile", "original_postprocess"):
             if not isinstance(getattr(self, name), bool):
                 raise bad_value(name, getattr(self, name), "use True or False")
 

@@ -31,8 +31,9 @@ prompts' embeddings, each prompt encoded once (`prompts.PromptBlender`).
 
 Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
 its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
-encoder); randomness only from explicit generators. The original's CLAHE post-processing is not
-applied (frames are the decoder's output).
+encoder); randomness only from explicit generators. The original's truncation, CLAHE and gamma
+are not applied here (frames are the decoder's output, rounded); `postprocess.py` has them
+(`--original-postprocess`). Every difference from the original: docs/differences.md.
 """
 
 from __future__ import annotations
@@ -290,17 +291,32 @@ class ContinuitySeqPipeline(DiffusionPipeline):
 
     @torch.inference_mode()
     def upscale_latents(self, latents: torch.Tensor, upscaler, prompt: str, generator: torch.Generator,
-                        vae_batch_size: int = 16, num_inference_steps: int = 20) -> torch.Tensor:
+                        num_inference_steps: int = 25, batch_size: Optional[int] = None,
+                        report: bool = False) -> torch.Tensor:
         """`-u/--upscale`: SD x2 latent upscaler per frame -> latents `[1, 4, F, 2h, 2w]` (same VAE
-        space; the upscaler and the video model share the SD VAE)."""
+        space; the upscaler and the video model share the SD VAE).
+
+        As the original: `num_inference_steps` (its `-s`), guidance 0 (no classifier-free
+        guidance), the prompt repeated per frame, and `batch_size` frames per upscaler call (None:
+        the whole chunk, which is what the original's batches of `-T` frames amount to).
+        report: log how many steps each call ran (counted by the upscaler's step callback)."""
         z = latents[0].permute(1, 0, 2, 3)
-        out = []
-        for i in range(0, z.shape[0], vae_batch_size):
-            part = z[i: i + vae_batch_size]
+        batch = batch_size or z.shape[0]
+        out, steps = [], []  # steps[j]: denoising steps call j ran
+
+        def count_step(*_) -> None:
+            steps[-1] += 1
+
+        for i in range(0, z.shape[0], batch):
+            part = z[i: i + batch]
+            steps.append(0)
             out.append(upscaler(
                 prompt=[prompt] * part.shape[0], image=part.to(upscaler.unet.dtype), num_inference_steps=num_inference_steps,
-                guidance_scale=0.0, generator=generator, output_type="latent",
+                guidance_scale=0.0, generator=generator, output_type="latent", callback=count_step,
             ).images.to(latents.dtype))
+        if report:
+            logger.info("upscaler: %d call(s) of %d frames, steps run per call: %s", len(steps), batch,
+                        ", ".join(map(str, steps)))
         return torch.cat(out).permute(1, 0, 2, 3).unsqueeze(0)
 
     @staticmethod
@@ -327,7 +343,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         vae_batch_size: int = 16,
         vae_scale: Optional[float] = None,
         upscaler: Any = None,
-        upscaler_steps: int = 20,
+        upscaler_steps: Optional[int] = None,
         updates: Optional[UpdateChannel] = None,
         fps: Optional[float] = None,
         abort: Optional[Callable[[], bool]] = None,
@@ -357,7 +373,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         generator: the only source of noise (default: a CPU generator with a random seed). A live
             set_seed re-seeds it (and the selector's `rng`) before its chunk.
         upscaler: a `StableDiffusionLatentUpscalePipeline` (`-u/--upscale`); frames come out 2x.
-            It runs `upscaler_steps` steps without guidance on each chunk's latents before decoding.
+            It runs `upscaler_steps` steps (default: `num_inference_steps`, as the original) without
+            guidance on each chunk's latents before decoding, one call per chunk.
         output_type: "np" (Chunk.frames uint8 `[F, H, W, 3]`) or "pt" (the decoded float pixels
             `[F, 3, H, W]` on the model's device; `Chunk.write_frame` converts them where they go).
         """
@@ -463,7 +480,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
     def _next_chunk(self, conditioning, prompt_embeds, settings, num_inference_steps, num_frames, index, selector,
-                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=20, output_type="np"):
+                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=None, output_type="np"):
         """Denoise + pick the next conditioning + decode. Returns (frames, next conditioning, k used);
         frames are uint8 `[F, H, W, 3]`, or the float pixels for `output_type="pt"`.
 
@@ -473,8 +490,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         k = clamp_k(selector.next_k(index, num_frames), num_frames)
         next_conditioning = latents[:, :, -k:].clone()
         if upscaler is not None:
-            latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator, vae_batch_size,
-                                           upscaler_steps)
+            latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator,
+                                           upscaler_steps or num_inference_steps, report=index == 0)
         pixels = self.decode_latents(latents, vae_batch_size, vae_scale)
         frames = pixels if output_type == "pt" else self.to_uint8(pixels)
         return frames, next_conditioning, int(conditioning.shape[2])

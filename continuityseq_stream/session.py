@@ -13,13 +13,15 @@ The one entry point the CLI and the producer process share. It
    policy (k uniform in [CN, CX]) with a `random.Random(seed)`, and a CPU `torch.Generator(seed)`
    for all noise;
 5. yields `Chunk`s, `times` of them (0 = forever), each with the settings `LiveSettings` gives it
-   (the config's values < a prompt file's schedule < live updates; see prompts.py).
+   (the config's values < a prompt file's schedule < live updates; see prompts.py); with
+   `--original-postprocess` their frames get the original's truncation, CLAHE and gamma.
 
 Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError`s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -176,6 +178,18 @@ def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
     )
 
 
+def _original_look(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """`--original-postprocess`: each chunk's float pixels -> uint8 frames as the original wrote them
+    (truncated, CLAHE, gamma 0.98; postprocess.py)."""
+    from .postprocess import original_postprocess
+
+    try:
+        for chunk in chunks:
+            yield dataclasses.replace(chunk, frames=original_postprocess(chunk.frames))
+    finally:
+        chunks.close()  # the pipeline's generator ends now, not when it is collected
+
+
 def preflight(config: GenerationConfig) -> None:
     """The cheap checks of `open_stream`, for the main process before the producer is started.
 
@@ -277,12 +291,14 @@ def open_stream(
         vae_batch_size=config.vae_batch_size,
         vae_scale=config.vae_scale,
         upscaler=upscaler,
-        upscaler_steps=2 if config.upscaler == "demo" else 20,
+        upscaler_steps=config.num_steps,  # as the original: the upscaler runs -s steps
         updates=updates,
         fps=config.fps,
         abort=abort,
-        output_type=output_type,
+        output_type="pt" if config.original_postprocess else output_type,
     )
+    if config.original_postprocess:
+        chunks = _original_look(chunks)
     if not progress:
         yield from chunks
         return

@@ -5,6 +5,8 @@ Every source returns pixels as a float32 tensor `[N, 3, H, W]` in **[-1, 1]** at
 conditioning latents.
 
 - `load_init_image(path, ...)`  `-i/--init-image`: any size and format Pillow reads, resized.
+- `init_source_size(...)` / `fit_video_size(...)`  the video size an init image or video implies
+  (its own size rounded down to multiples of 8, as the original; explicit `-WI/-HI` win).
 - `load_init_video(path, ...)`  `--init-video`: the last `max_frames` frames of a video (PyAV),
   found by seeking near the end rather than decoding the whole file.
 - `generate_init_image(model_2d, prompt, ...)`  `-MP/--model-2d`: a diffusers text-to-image pipeline
@@ -17,6 +19,7 @@ here every source is mapped to [-1, 1], the range the VAE was trained on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from typing import Any, Optional, Union
@@ -31,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "to_pixels", "pixels_to_uint8", "load_init_image", "load_init_video", "generate_init_image",
-    "save_init_image", "load_upscaler",
+    "save_init_image", "load_upscaler", "init_source_size", "fit_video_size",
 ]
 
 ImageLike = Union["PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
@@ -89,8 +92,9 @@ def pixels_to_uint8_into(pixels: torch.Tensor, out: np.ndarray) -> None:
     torch.from_numpy(out).copy_(x.permute(1, 2, 0))
 
 
-def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
-    """`-i/--init-image`: read any image file, resize to the output size -> `[1, 3, H, W]` in [-1, 1].
+@contextlib.contextmanager
+def _open_image(path: str):
+    """Open `-i/--init-image` lazily (header only until `.load()`), every failure one ConfigError.
 
     An image over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS` x 2 pixels, about 179
     megapixels by default) is refused from its header, before it is decoded."""
@@ -101,8 +105,7 @@ def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
                           names=("init_image",))
     try:
         with Image.open(path) as im:
-            im.load()
-            return to_pixels(im, height, width)
+            yield im
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise ConfigError(f"{{init_image}}: {path!r} has more pixels than Pillow decodes safely ({limit:,}, the "
@@ -112,6 +115,76 @@ def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ConfigError(f"{{init_image}}: cannot read {path!r} as an image ({type(e).__name__}); give a PNG or JPEG file",
                           names=("init_image",)) from None
+
+
+def load_init_image(path: str, height: int, width: int) -> torch.Tensor:
+    """`-i/--init-image`: read any image file, resize to the output size -> `[1, 3, H, W]` in [-1, 1]."""
+    with _open_image(path) as im:
+        im.load()
+        return to_pixels(im, height, width)
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file, from its header; the errors of `load_init_image`."""
+    with _open_image(path) as im:
+        return int(im.width), int(im.height)
+
+
+def _video_size(path: str) -> tuple[int, int]:
+    """(width, height) of a video's first video stream, from the container; the errors of `load_init_video`."""
+    import av
+
+    flag = "{init_video}"  # a placeholder: the CLI spells it as its flag (errors.py)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}: {path!r} does not exist; give a video file (mp4, mkv, webm, ...)", names=("init_video",))
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ConfigError(f"{flag}: {path!r} has no video stream; give a video file", names=("init_video",))
+            ctx = container.streams.video[0].codec_context
+            return int(ctx.width), int(ctx.height)
+    except (av.FFmpegError, OSError) as e:
+        raise ConfigError(f"{flag}: cannot open {path!r} as a video ({type(e).__name__}); give an mp4/mkv/webm file",
+                          names=("init_video",)) from None
+
+
+def init_source_size(init_image: Optional[str] = None, init_video: Optional[str] = None) -> Optional[tuple[int, int]]:
+    """(width, height) of the `-i` image or the `--init-video` frames (read from the file's header,
+    nothing decoded), or None without either. Missing or unreadable files raise ConfigError."""
+    if init_image is not None:
+        return _image_size(init_image)
+    if init_video is not None:
+        return _video_size(init_video)
+    return None
+
+
+def _down_to(v: int, multiple: int) -> int:
+    """The largest multiple of `multiple` <= v."""
+    return v - v % multiple
+
+
+def fit_video_size(source: tuple[int, int], width: Optional[int] = None, height: Optional[int] = None,
+                   *, name: str = "init_image", multiple: int = 8) -> tuple[int, int]:
+    """The video size for a first frame of size `source` (width, height) -> (width, height).
+
+    As the original: the source's own size, each side rounded down to a multiple of 8 (the VAE
+    downsamples by 8), so a 205x127 image gives a 200x120 video. A given `width` / `height` (the
+    user's -WI / -HI) wins; with only one of them given the other keeps the source's aspect ratio
+    (rounded down to a multiple of 8, at least 8). A source smaller than 8 pixels in a side that
+    is not given raises ConfigError naming the argument `name` (init_image or init_video).
+    """
+    sw, sh = source
+    if width is not None and height is not None:
+        return width, height
+    if width is None and height is None:
+        w, h = _down_to(sw, multiple), _down_to(sh, multiple)
+        if w < multiple or h < multiple:
+            raise ConfigError(f"{{{name}}}: it is {sw}x{sh} pixels; the video needs at least {multiple}x{multiple}: "
+                              "give a larger one, or the size with {width}/{height}", names=(name, "width", "height"))
+        return w, h
+    if width is not None:
+        return width, max(multiple, _down_to(width * sh // sw, multiple))
+    return max(multiple, _down_to(height * sw // sh, multiple)), height
 
 
 def load_init_video(path: str, height: int, width: int, max_frames: int) -> torch.Tensor:
