@@ -314,15 +314,18 @@ class FfmpegProcess:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """End ffmpeg: finish the frame in flight, close stdin (it finishes the stream), wait,
-        terminate, kill. Returns the exit code."""
-        if self._pending is not None and self.alive():
+        terminate, kill. Returns the exit code. A stuck ffmpeg (see `stuck`) is not waited for: it
+        gets SIGTERM after 0.5 s (ffmpeg then abandons its blocked network I/O)."""
+        stuck = self.stuck(time.monotonic())
+        if self._pending is not None and not stuck and self.alive():
             self.pump(timeout)
         self._pending = None
         try:
             self.proc.stdin.close()
         except OSError:
             pass
-        for action, wait in ((None, timeout), (self.proc.terminate, 2.0), (self.proc.kill, 5.0)):
+        first_wait = min(timeout, 0.5) if stuck else timeout
+        for action, wait in ((None, first_wait), (self.proc.terminate, 2.0), (self.proc.kill, 5.0)):
             if action is not None:
                 try:
                     action()
@@ -380,6 +383,9 @@ class _Pacer(threading.Thread):
             last: np.ndarray | None = None
             next_tick = time.monotonic()
             while not sink._abort.is_set():
+                if sink._closing.is_set() and self.proc is None and self.starts:
+                    self._drop_queue()  # closing during an outage: nothing more can be sent
+                    break
                 if not self._waiting_for_ffmpeg():
                     frame, finished = sink._take(paused=sink._paused.is_set())
                     if finished and frame is None:
@@ -412,6 +418,12 @@ class _Pacer(threading.Thread):
             self._lost()
             return False
         return proc.busy and not proc.stuck(time.monotonic())
+
+    def _drop_queue(self) -> None:
+        with self.sink._lock:
+            dropped = len(self.sink._queue)
+            self.sink._queue.clear()
+            self.sink._stats["dropped"] += dropped
 
     def _beat(self) -> None:
         """The sink's heartbeat for the runtime's watchdog: every tick, except while ffmpeg holds a
@@ -459,7 +471,8 @@ class _Pacer(threading.Thread):
         if self.proc is None or not self.proc.alive():
             if self.proc is not None:
                 self._lost()
-            if now < self.restart_at or not self._start():
+            # no restart for the last queued frames of a closing sink (a first start still happens)
+            if now < self.restart_at or (self.starts and sink._closing.is_set()) or not self._start():
                 if fresh:
                     sink._count("dropped")
                 return
