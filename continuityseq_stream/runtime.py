@@ -21,10 +21,18 @@ How a run goes
        sink opens it (`StreamInfo(width, height, config.fps)`) and copies frames from its reader
        into `sink.write`. A sink failing in open or write prints one line, its reader is removed (it
        no longer holds the producer) and it is closed; the others go on.
+    3b. The watchdog (main thread, every tick, also during the drain): a sink that spends
+       `sink_timeout` seconds in one open/write/close without `heartbeat()` (a clocked sink: also
+       between calls) is stuck. If `sink.restart_target()` says it restarted its target (ffmpeg), it
+       gets another timeout; otherwise it is detached: one line, its reader removed, `interrupt()`,
+       and its daemon thread is waited for at most one more timeout, then left behind (nobody closes
+       a sink under a thread that hangs in it). Waiting for frames is never a stall.
     4. Stop: the producer is told to stop (a chunk being written is finished, one being computed is
        abandoned; after `stop_grace` seconds the ring is closed regardless), the sinks drain what the
        ring holds for them, every sink is closed, the producer process is joined (killed after
-       `stop_grace`) and the shared memory is unlinked. Teardown runs on every path.
+       `stop_grace`) and the shared memory is unlinked. Teardown runs on every path. The run ends
+       within stop_grace + the healthy sinks' drain of the ring (ring_frames / fps for a paced RTMP
+       sink) + 2 * sink_timeout (see docs/reliability.md).
 
 Prompt schedules and live control (prompts.py, control.py): `options.schedule` (a prompt file) goes to
 the producer's source; with `options.control` a `ControlServer` answers JSON commands on a loopback

@@ -251,6 +251,8 @@ class FfmpegProcess:
                 raise SinkError(f"cannot start ffmpeg ({cmd[0]}): {exc}; install ffmpeg or put it on PATH") from exc
         self._fd = self.proc.stdin.fileno()
         os.set_blocking(self._fd, False)
+        self._writable = select.poll()  # not select(): that fails for descriptors >= 1024
+        self._writable.register(self._fd, select.POLLOUT)
         self._pending: memoryview | None = None
         self.progress_at = time.monotonic()
 
@@ -298,11 +300,7 @@ class FfmpegProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
-                select.select([], [self._fd], [], left)
-            except (OSError, ValueError):
-                self._pending = None
-                return False
+            self._writable.poll(max(1, int(left * 1000)))
         return True
 
     def kill(self) -> None:
@@ -420,6 +418,7 @@ class _Pacer(threading.Thread):
         return proc.busy and not proc.stuck(time.monotonic())
 
     def _drop_queue(self) -> None:
+        """Drop every queued frame at once (counted): a closing sink whose ffmpeg is down."""
         with self.sink._lock:
             dropped = len(self.sink._queue)
             self.sink._queue.clear()
