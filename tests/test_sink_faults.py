@@ -483,3 +483,18 @@ def test_a_stop_with_a_hung_sink_ends_within_the_documented_bound(capsys):
     print(f"stop with a hung sink: run() returned {elapsed:.1f} s after it started (duration 1 s, "
           f"stop_grace {grace:g} s, sink_timeout {timeout:g} s)")
     hung.release.set()
+
+
+@pytest.mark.slow
+def test_bench_stop_quick():
+    """bench/bench_stop.py --quick runs and prints its figures (both runs end on the first SIGINT)."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_stop.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("stop after SIGINT with a hung consumer (sink_timeout 2")
+    assert len(lines) == 3 and all(": exit 0 in " in line for line in lines[1:]), proc.stdout
+    assert lines[2].endswith("1 sink detached"), proc.stdout
