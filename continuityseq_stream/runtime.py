@@ -24,10 +24,18 @@ How a run goes
        sink opens it (`StreamInfo(width, height, config.fps)`) and copies frames from its reader
        into `sink.write`. A sink failing in open or write prints one line, its reader is removed (it
        no longer holds the producer) and it is closed; the others go on.
+    3b. The watchdog (main thread, every tick, also during the drain): a sink that spends
+       `sink_timeout` seconds in one open/write/close without `heartbeat()` (a clocked sink: also
+       between calls) is stuck. If `sink.restart_target()` says it restarted its target (ffmpeg), it
+       gets another timeout; otherwise it is detached: one line, its reader removed, `interrupt()`,
+       and its daemon thread is waited for at most one more timeout, then left behind (nobody closes
+       a sink under a thread that hangs in it). Waiting for frames is never a stall.
     4. Stop: the producer is told to stop (a chunk being written is finished, one being computed is
        abandoned; after `stop_grace` seconds the ring is closed regardless), the sinks drain what the
        ring holds for them, every sink is closed, the producer process is joined (killed after
-       `stop_grace`) and the shared memory is unlinked. Teardown runs on every path.
+       `stop_grace`) and the shared memory is unlinked. Teardown runs on every path. The run ends
+       within stop_grace + the healthy sinks' drain of the ring (ring_frames / fps for a paced RTMP
+       sink) + 2 * sink_timeout (see docs/reliability.md).
 
 Prompt schedules and live control (prompts.py, control.py): `options.schedule` (a prompt file) goes to
 the producer's source; with `options.control` a `ControlServer` answers JSON commands on a loopback
@@ -93,6 +101,8 @@ class RuntimeOptions:
         config's prompt. Picklable: it travels to the producer process.
     control: bind address of the control socket (`--control`, e.g. tcp://127.0.0.1:5557), or None.
     control_allow_remote: accept a non-loopback control address (`--control-allow-remote`).
+    sink_timeout: seconds a sink may spend in one open/write/close without progress (`--sink-timeout`);
+        then it is detached (an RTMP/ffmpeg sink restarts its ffmpeg instead) and the others go on.
     """
 
     duration: Optional[float] = None
@@ -105,6 +115,7 @@ class RuntimeOptions:
     schedule: Optional[PromptSchedule] = None
     control: Optional[str] = None
     control_allow_remote: bool = False
+    sink_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.duration is not None and not (_finite(self.duration) and self.duration > 0):
@@ -127,6 +138,8 @@ class RuntimeOptions:
             raise ConfigError(f"--control-allow-remote: got {self.control_allow_remote!r}; use True or False")
         if self.control is not None:
             check_control_address(self.control, self.control_allow_remote)
+        if not (_finite(self.sink_timeout) and self.sink_timeout > 0):
+            raise bad_value("sink_timeout", self.sink_timeout, "use a finite number of seconds > 0, e.g. 10")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":
@@ -163,13 +176,25 @@ class _Log:
 
 
 class _SinkRunner:
-    """One sink's reader thread: open on the first frame, copy frames from the ring, always close."""
+    """One sink's reader thread: open on the first frame, copy frames from the ring, always close.
+
+    The main thread's watchdog (`_Run._watch`) reads `stalled_for`: how long this thread has been in
+    one sink call (open/write/close) without a heartbeat of the sink. `detach` gives up on a stuck
+    sink: its ring reader is removed (the producer no longer waits for it), `sink.interrupt()` is
+    asked to end the stuck call, and the thread (a daemon: it cannot hold the process exit) closes
+    the sink itself if it comes back; the runtime waits for that at most one more sink timeout.
+    """
 
     def __init__(self, sink: Sink, ring: FrameRing, reader: int, abort: threading.Event, log: _Log) -> None:
         self.sink, self.ring, self.reader, self.abort, self.log = sink, ring, reader, abort, log
         self.state = "waiting"
         self.thread: Optional[threading.Thread] = None
         self.skipped = 0
+        self.call: Optional[str] = None  # the sink call in progress: "open", "write" or "close"
+        self.call_since = 0.0
+        self.opened_at: Optional[float] = None
+        self.grace_from = 0.0  # a restart of the sink's target gives it a new timeout from here
+        self.detached_at: Optional[float] = None
 
     def start(self, info: StreamInfo) -> None:
         self.thread = threading.Thread(target=self._run, args=(info,), name=f"sink {self.sink.name}", daemon=True)
@@ -179,7 +204,47 @@ class _SinkRunner:
     def finished(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
 
+    def settled(self, now: float, close_wait: float) -> bool:
+        """Finished, or detached at least `close_wait` seconds ago (then no longer waited for)."""
+        if self.finished:
+            return True
+        return self.detached_at is not None and now - self.detached_at >= close_wait
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds without progress: since the later of the current sink call's start and the sink's
+        last heartbeat (a `clocked` sink: also between calls, from its open on). 0 while the thread
+        waits for frames, and once detached."""
+        if self.thread is None or self.detached_at is not None or not self.thread.is_alive():
+            return 0.0
+        call, since = self.call, self.call_since  # call first: a newer call only makes `since` later
+        if call is None:
+            if not self.sink.clocked or self.opened_at is None:
+                return 0.0
+            since = self.opened_at
+        return max(0.0, now - max(since, self.sink.last_heartbeat, self.grace_from))
+
+    def detach(self, now: float, stalled: float) -> None:
+        """Give up on this stuck sink (main thread): one line, free its ring reader, interrupt it."""
+        where = self.call or "its clock"
+        self.detached_at = now
+        self.state = "detached"
+        if where == "close":
+            self.log(f"sink {self.sink.name}: no progress for {stalled:.1f} s while closing; left behind")
+        else:
+            self.log(f"sink {self.sink.name}: no progress for {stalled:.1f} s (stuck in {where}); "
+                     "detached, the other sinks go on")
+        try:
+            self.ring.remove_reader(self.reader)  # the writer no longer waits for this cursor
+        except Exception:  # noqa: BLE001 - a dead process may hold the ring's lock: the run ends anyway
+            pass
+        try:
+            self.sink.interrupt()
+        except Exception:  # noqa: BLE001 - an interrupt is best effort
+            pass
+
     def _fail(self, stage: str, e: BaseException) -> None:
+        if self.detached_at is not None:
+            return  # the watchdog already said so; this is the interrupted call coming back
         if isinstance(e, SinkEnded):
             self.state = "ended"
             self.log(f"sink {self.sink.name} ended: {_one_line(e)}")
@@ -187,15 +252,24 @@ class _SinkRunner:
             self.state = "failed"
             self.log(f"sink {self.sink.name} failed ({stage}): {_one_line(e)}; removed, the other sinks go on")
 
+    def _enter(self, call: str) -> None:
+        self.call_since = time.monotonic()
+        self.call = call
+
     def _run(self, info: StreamInfo) -> None:
         try:
+            self._enter("open")
             try:
                 self.sink.open(info)
             except Exception as e:  # noqa: BLE001 - any sink error removes only this sink
                 self._fail("open", e)
                 return
-            self.state = "running"
-            while not self.abort.is_set():
+            finally:
+                self.call = None
+            self.opened_at = time.monotonic()
+            if self.detached_at is None:
+                self.state = "running"
+            while not self.abort.is_set() and self.detached_at is None:
                 try:
                     # a lossless sink writes straight from the ring's slot (no copy); the slot is
                     # the writer's again once released, so a sink never keeps the frame it was given
@@ -206,6 +280,7 @@ class _SinkRunner:
                     continue
                 if item is None:
                     continue
+                self._enter("write")
                 try:
                     self.sink.write(*item)
                 except Exception as e:  # noqa: BLE001
@@ -213,20 +288,26 @@ class _SinkRunner:
                     self._release()
                     self._fail("write", e)
                     return
+                finally:
+                    self.call = None
                 del item
                 self._release()
-            self.state = "done"
+            if self.detached_at is None:
+                self.state = "done"
         finally:
             try:
                 self.skipped = self.ring.skipped(self.reader)
                 self.ring.remove_reader(self.reader)
             except Exception:  # noqa: BLE001 - the ring may be unusable after a crash
                 pass
+            self._enter("close")
             try:
                 self.sink.close()
             except Exception as e:  # noqa: BLE001
                 if self.state not in ("failed", "ended"):
                     self._fail("close", e)
+            finally:
+                self.call = None
 
     def _release(self) -> None:
         try:
@@ -286,6 +367,7 @@ class _Run:
         self.channel: Optional[UpdateChannel] = None
         self.controller: Optional[LiveController] = None
         self.server: Optional[ControlServer] = None
+        self.left_behind: set[int] = set()  # id() of sinks whose thread is stuck: nobody may close them
 
     # -- stop requests (main thread, signal handlers, control thread) ---------------------------
     def request_stop(self, reason: str, finish_chunk: bool = False) -> None:
@@ -362,11 +444,12 @@ class _Run:
                 if not ring.closed:
                     ring.close()
             if self.first_frame_at is not None:
+                self._watch(now)
                 if not self.abandon and _duration_reached(self.options.duration, self.first_frame_at, now):
                     self.request_stop("duration")
                 if not self.abandon and any(r.sink.wants_stop.is_set() for r in self.runners):
                     self.request_stop("sink")
-                if all(r.finished for r in self.runners):
+                if all(r.settled(now, self.options.sink_timeout) for r in self.runners):
                     return  # drained (or every sink gone)
             elif self.producer_error is not None or self.producer_finished or (
                 self.stop_reason is not None and not producer.is_alive()
@@ -472,6 +555,48 @@ class _Run:
             fields["current_chunk"] = current
         return fields
 
+    # -- the watchdog ----------------------------------------------------------------------------
+    def _watch(self, now: float) -> None:
+        """Detach every sink stuck for `sink_timeout` seconds (main thread, every tick). A sink that
+        can restart its target (ffmpeg/RTMP) does that instead and gets another timeout."""
+        timeout = self.options.sink_timeout
+        for r in self.runners:
+            stalled = r.stalled_for(now)
+            if stalled < timeout:
+                continue
+            try:
+                restarted = bool(r.sink.restart_target())
+            except Exception:  # noqa: BLE001 - a failed restart means: detach
+                restarted = False
+            if restarted:
+                r.grace_from = now
+                self.log(f"sink {r.sink.name}: no progress for {stalled:.1f} s; restarting its target")
+            else:
+                r.detach(now, stalled)
+
+    def _wait_for_sinks(self) -> None:
+        """The drain: wait until every started sink thread has finished or was given up on. The
+        watchdog keeps running, so a sink stuck in write or close costs at most two sink timeouts
+        (detached after one, then one more for its close); after a forced stop, 3 s in all."""
+        close_wait = self.options.sink_timeout
+        forced_at: Optional[float] = None
+        while True:
+            now = time.monotonic()
+            self._take_signal()  # a Ctrl-C meanwhile forces (see on_signal)
+            if self.force.is_set():
+                self.abort.set()
+                forced_at = forced_at if forced_at is not None else now
+            self._watch(now)
+            live = [r for r in self.runners if r.thread is not None and not r.settled(now, close_wait)]
+            if not live or (forced_at is not None and now - forced_at > 3.0):
+                break
+            live[0].thread.join(_TICK)
+        for r in self.runners:
+            if r.thread is not None and r.thread.is_alive():
+                self.left_behind.add(id(r.sink))
+                if r.detached_at is None:
+                    self.log(f"sink {r.sink.name} did not finish closing; leaving it")
+
     def _teardown(self) -> None:
         """Always runs: stop reading, close every sink, end the producer, unlink the ring."""
         forced = self.force.is_set()
@@ -482,18 +607,9 @@ class _Run:
         try:
             if self.ring is not None:
                 self.ring.close()
+            self._wait_for_sinks()
             for r in self.runners:
-                if r.thread is not None:
-                    # drain; a Ctrl-C meanwhile (see on_signal) cuts the wait to 3 s
-                    while r.thread.is_alive() and not self.force.is_set():
-                        r.thread.join(0.2)
-                    if self.force.is_set():
-                        self.abort.set()
-                    r.thread.join(3.0)
-                    self._take_signal()
-                    if r.thread.is_alive():
-                        self.log(f"sink {r.sink.name} did not finish closing; leaving it")
-                else:  # never opened (no first frame): still close it
+                if r.thread is None:  # never opened (no first frame): still close it
                     try:
                         r.sink.close()
                     except Exception as e:  # noqa: BLE001
@@ -541,7 +657,7 @@ class _Run:
         if self.producer_error is not None:
             _, _, unexpected = self.producer_error
             return EXIT_FAILED if unexpected else EXIT_ERROR
-        if self.runners and all(r.state == "failed" for r in self.runners):
+        if self.runners and all(r.state in ("failed", "detached") for r in self.runners):
             return EXIT_FAILED
         return EXIT_OK
 
@@ -627,6 +743,8 @@ def run(
             return state.execute()
     finally:
         for sink in built:  # teardown for sinks that never got a runner (closing twice is a no-op)
+            if id(sink) in state.left_behind:
+                continue  # its thread is stuck inside it: a close from here could block or race
             try:
                 sink.close()
             except Exception as e:  # noqa: BLE001

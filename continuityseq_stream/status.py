@@ -24,7 +24,7 @@ class SinkStatus:
     name: str
     written: int
     skipped: int = 0
-    state: str = "running"  # waiting | running | done | ended | failed
+    state: str = "running"  # waiting | running | done | ended | failed | detached
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -65,7 +65,7 @@ def format_status(
             text += f" skipped {s.skipped}"
         for key, value in s.extra.items():
             text += f" {key} {_num(value)}"
-        if s.state in ("failed", "ended", "waiting"):
+        if s.state in ("failed", "ended", "waiting", "detached"):
             text += f" ({s.state})"
         parts.append(text)
     return " | ".join(parts)

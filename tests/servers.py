@@ -154,6 +154,60 @@ class NginxRtmp:
         self.stop()
 
 
+class SilentTcpServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (nor reads): what a
+    hung RTMP server or a black-holing proxy looks like to a client. Runs in a thread of the test;
+    `connections` counts the accepted ones; `stop()` closes everything."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-tcp-server", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self._held.append(conn)
+            self.connections += 1
+
+    def rtmp_url(self, key: str = "test") -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/{key}"
+
+    def wait_connections(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.connections < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.connections >= n
+
+    def start(self) -> "SilentTcpServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
+
+    def __enter__(self) -> "SilentTcpServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 class Xvfb:
     """A private X server; `-displayfd` lets Xvfb pick a free display number itself (no races)."""
 

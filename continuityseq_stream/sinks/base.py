@@ -7,11 +7,18 @@ always runs, also after an error in `write`.
 `policy` tells the ring buffer how this sink reads: "block" (lossless: the producer waits for it when
 it is a full ring behind; files, ZeroMQ PUSH, stdout) or "latest" (a slow reader skips to the newest
 frame and the skips are counted; preview, ZeroMQ PUB).
+
+The runtime watches every sink (its `--sink-timeout` watchdog): a sink that spends that long in one
+`open`/`write`/`close` call without a `heartbeat()` is stuck. Three optional hooks shape what happens:
+`restart_target()` (a sink that can reconnect, like ffmpeg/RTMP, restarts its target and goes on),
+`interrupt()` (make the stuck call return soon, from another thread) and `clocked` (a sink with its own
+clock thread heartbeats on every tick, so its silence counts even between frames).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -36,6 +43,9 @@ class Sink(ABC):
 
     #: how the ring buffer feeds this sink ("block" or "latest")
     policy: str = "block"
+    #: True for a sink whose own clock thread calls `heartbeat()` on every tick (ffmpeg's pacer): the
+    #: watchdog then treats a silence as stuck even while no frame is being written
+    clocked: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -45,6 +55,9 @@ class Sink(ABC):
         #: set by a sink when its user asked to end the whole run (q/Esc or closing the preview
         #: window); the runtime watches it and stops gracefully.
         self.wants_stop = threading.Event()
+        #: monotonic time of the last `heartbeat()` (0.0: none yet); read by the runtime's watchdog
+        self.last_heartbeat = 0.0
+        self._close_lock = threading.Lock()
 
     # -- public interface -----------------------------------------------------------------------
     def open(self, info: StreamInfo) -> None:
@@ -58,11 +71,29 @@ class Sink(ABC):
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finish the output (flush, finalize, end-of-stream). Safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
+        """Finish the output (flush, finalize, end-of-stream). Safe to call more than once, also from
+        two threads at once (the second call returns at once)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._close()
+
+    def heartbeat(self) -> None:
+        """Tell the runtime's watchdog that this sink is making progress (any thread). A sink calls it
+        during a long call that is not stuck, or on every tick of its own clock (`clocked`)."""
+        self.last_heartbeat = time.monotonic()
+
+    def restart_target(self) -> bool:
+        """Called by the watchdog (another thread) when this sink made no progress for the sink
+        timeout. A sink that can reconnect restarts its target (without blocking) and returns True:
+        it gets another timeout to make progress. The default, False, has the sink detached."""
+        return False
+
+    def interrupt(self) -> None:
+        """Called by the watchdog (another thread) when it detaches this sink: make a stuck
+        `open`/`write` return soon (raising is fine) so that the sink's own thread can close it.
+        Must not block. The default does nothing: the stuck thread is then left behind."""
 
     def __enter__(self) -> "Sink":
         return self

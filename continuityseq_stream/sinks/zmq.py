@@ -14,13 +14,17 @@ Each frame is a two-part message `[JSON header, raw bytes]`; the header carries 
   which is real back-pressure: with no receiver connected, or a slow one, the run waits.
 
 The socket binds by default; `?connect=1` connects to a receiver that binds instead. HOST defaults to
-127.0.0.1 when empty (`zmq+pub://:5555`); `*` binds all interfaces; port `0` or `*` picks a free port
-(see `endpoint` after `open`). Options (strict): connect=0|1, hwm=N, linger=SECONDS, nodrop=0|1 (PUB),
-timeout=SECONDS (PUSH: raise SinkError when a frame cannot be sent for that long; default: wait).
+127.0.0.1 when empty (`zmq+pub://:5555`); port `0` or `*` picks a free port (see `endpoint` after
+`open`). Binding anything but a loopback address (`*`, `0.0.0.0`, a LAN address) would let anyone who
+reaches the machine read the frames, so it needs `allow_remote=1` (like `--control-allow-remote`).
+Options (strict): connect=0|1, hwm=N, linger=SECONDS, allow_remote=0|1, nodrop=0|1 (PUB),
+timeout=SECONDS (PUSH: raise SinkError when a frame cannot be sent for that long; default: wait, within
+the runtime's --sink-timeout).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -34,9 +38,9 @@ from ..errors import SinkError
 from .options import parse_bool, parse_number, sink_error
 from .base import Sink, StreamInfo
 
-__all__ = ["ZmqAddress", "ZmqPubSink", "ZmqPushSink", "frame_header", "from_uri"]
+__all__ = ["ZmqAddress", "ZmqPubSink", "ZmqPushSink", "frame_header", "from_uri", "is_loopback_host"]
 
-_COMMON = ("connect", "hwm", "linger")
+_COMMON = ("connect", "hwm", "linger", "allow_remote")
 _OPTIONS = {"pub": _COMMON + ("nodrop",), "push": _COMMON + ("timeout",)}
 
 
@@ -68,11 +72,28 @@ class ZmqAddress:
         self.connect = parse_bool(uri, "connect", opts.get("connect", "0"))
         if self.connect and (port == "*" or host == "*"):
             raise sink_error(uri, "connect=1 needs an explicit host and port")
+        self.allow_remote = parse_bool(uri, "allow_remote", opts.get("allow_remote", "0"))
+        if not self.connect and not self.allow_remote and not is_loopback_host(host):
+            raise sink_error(uri, f"binding {host!r} is not loopback-only, so anyone who can reach this machine "
+                                  f"could read the frames; use {scheme}://127.0.0.1:{port.replace('*', '0')}, or add "
+                                  "?allow_remote=1 to accept it")
         self.endpoint = f"tcp://{host}:{port}"
         self.hwm = parse_number(uri, "hwm", opts.get("hwm", "4" if self.kind == "pub" else "16"), int, 1, 100_000)
         self.linger = parse_number(uri, "linger", opts.get("linger", "0.5" if self.kind == "pub" else "5"), float, 0, 600)
         self.nodrop = parse_bool(uri, "nodrop", opts.get("nodrop", "1"))
         self.timeout = parse_number(uri, "timeout", opts["timeout"], float, 0.01, 1e9) if "timeout" in opts else None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback IPs (127.0.0.0/8, ::1); False for `*`, 0.0.0.0, other
+    addresses and interface or host names (which may be reachable from outside)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
 
 
 def frame_header(meta: FrameMeta, fps: float, shape: tuple) -> bytes:
@@ -100,6 +121,7 @@ class _ZmqSink(Sink):
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._interrupted = False
         self._sent = 0
         self._dropped = 0
 
@@ -139,6 +161,12 @@ class _ZmqSink(Sink):
     def _send(self, parts: list) -> None:
         raise NotImplementedError
 
+    def interrupt(self) -> None:
+        """Detached by the runtime: a blocked PUSH send gives up, and close() does not linger for a
+        receiver that stopped reading."""
+        self._interrupted = True
+        self._closing.set()
+
     def _close(self) -> None:
         self._closing.set()
         with self._lock:
@@ -147,7 +175,10 @@ class _ZmqSink(Sink):
             if sock is None:
                 return
             try:
-                self._send_eos(sock)
+                if self._interrupted:
+                    sock.setsockopt(zmq.LINGER, 0)
+                else:
+                    self._send_eos(sock)
             finally:
                 sock.close()  # waits up to LINGER for queued frames, in ctx.term()
                 ctx.term()
