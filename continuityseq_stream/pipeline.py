@@ -114,7 +114,7 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
         reason = type(e).__name__
         raise CheckpointError(
             f"{flag}: cannot get {name!r} from the Hugging Face hub ({reason}); "
-            "pass a local folder (e.g. one made with `huggingface-cli download`) or 'demo'"
+            f"pass a local folder (e.g. one made with `hf download {name} --local-dir DIR`) or 'demo'"
         ) from None
 
 

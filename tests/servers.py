@@ -26,6 +26,8 @@ from pathlib import Path
 
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 HERE = Path(__file__).resolve().parent
+DOCS_NGINX = HERE.parent / "docs" / "streaming.md"
+NGINX_HEREDOC = "cat > rtmp.conf <<'EOF'\n"
 
 
 def _die_with_parent() -> None:
@@ -88,8 +90,24 @@ def assert_no_children(*names: str, grace: float = 3.0) -> None:
     assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 
+def docs_nginx_config() -> str:
+    """The nginx config that docs/streaming.md tells users to write (`cat > rtmp.conf <<'EOF'` ... `EOF`):
+    the tests run exactly that, so the documented config cannot rot."""
+    text = DOCS_NGINX.read_text()
+    start = text.index(NGINX_HEREDOC) + len(NGINX_HEREDOC)
+    return text[start:text.index("\nEOF\n", start) + 1]
+
+
+def nginx_config(port: int) -> str:
+    """The docs' nginx config listening on 127.0.0.1:`port` instead of 1935 (its pid file and error log
+    are relative to nginx's `-p` prefix folder)."""
+    config = docs_nginx_config()
+    assert "listen 127.0.0.1:1935;" in config, f"{DOCS_NGINX}: the rtmp.conf block must listen on 127.0.0.1:1935"
+    return config.replace("127.0.0.1:1935", f"127.0.0.1:{port}")
+
+
 class NginxRtmp:
-    """nginx with the RTMP module, in the foreground from a config in a temp dir, on a free port.
+    """nginx with the RTMP module, in the foreground from the docs' config in a temp dir, on a free port.
 
     `restart()` kills it (SIGKILL, as a crashed server) and starts it again on the same port.
     """
@@ -102,15 +120,7 @@ class NginxRtmp:
         self.proc: subprocess.Popen | None = None
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(
-            f"load_module {RTMP_MODULE};\n"
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
-            f"pid {self.dir}/nginx.pid;\nerror_log {self.dir}/logs/error.log info;\n"
-            "events { worker_connections 64; }\n"
-            "rtmp {\n  server {\n"
-            f"    listen 127.0.0.1:{self.port};\n    chunk_size 4096;\n"
-            "    application live {\n      live on;\n      record off;\n      wait_key on;\n      wait_video on;\n    }\n  }\n}\n"
-        )
+        self.conf.write_text(nginx_config(self.port))
 
     @property
     def url(self) -> str:
@@ -123,7 +133,7 @@ class NginxRtmp:
             wait_port(self.port)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"nginx did not start: {(self.dir / 'logs' / 'error.log').read_text()[-2000:]}")
+            raise RuntimeError(f"nginx did not start: {(self.dir / 'logs' / 'stderr.log').read_text()[-2000:]}")
         return self
 
     def _spawn(self, stderr) -> None:

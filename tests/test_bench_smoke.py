@@ -24,6 +24,7 @@ def run_bench(name: str, *args: str, timeout: float = 180) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_transport_quick():
     out = run_bench("transport")
     assert out.startswith("transport fps")
@@ -33,11 +34,13 @@ def test_bench_transport_quick():
     assert "CPU/frame" in out
 
 
+@pytest.mark.slow
 def test_bench_model_quick():
     out = run_bench("model")
     assert "tiny 64x64x8" in out and "forward" in out and "max|diff| 0.0e+00" in out
 
 
+@pytest.mark.slow
 def test_bench_overlap_quick():
     out = run_bench("overlap")
     assert out.startswith("overlap (1 thread(s))") and "identical" in out

@@ -54,6 +54,7 @@ def _run_ok(args, capsys):
     return path, err
 
 
+@pytest.mark.slow
 def test_original_example_with_model_2d(tmp_path, capsys):
     # inference.py --model b-f/ContinuitySeq-A --prompt "..." --model-2d stabilityai/stable-diffusion-2-1
     #   --num-frames 16 --width 576 --height 320 --times 1 --sdp
@@ -65,6 +66,7 @@ def test_original_example_with_model_2d(tmp_path, capsys):
     assert "random weights" in err.lower()
 
 
+@pytest.mark.slow
 def test_original_example_with_init_image(tmp_path, capsys):
     from PIL import Image
 
@@ -76,6 +78,7 @@ def test_original_example_with_init_image(tmp_path, capsys):
     assert read_video(path).shape == (4, 48, 64, 3)
 
 
+@pytest.mark.slow
 def test_original_example_times_4_short_flags(tmp_path, capsys):
     # inference.py ... --times 4 --sdp (short flags and underscore spellings, -N, -I, -f)
     path, _ = _run_ok(["-m", "demo-random", "-p", PROMPT, "-MP", "demo", "-T", "3", "-WI", "64", "-HI", "48",
@@ -90,6 +93,7 @@ def test_original_example_times_4_short_flags(tmp_path, capsys):
         assert float(c.streams.video[0].average_rate) == pytest.approx(8.0)
 
 
+@pytest.mark.slow
 def test_same_seed_same_video(tmp_path, capsys):
     from PIL import Image
 
@@ -101,6 +105,7 @@ def test_same_seed_same_video(tmp_path, capsys):
     assert np.array_equal(read_video(a), read_video(b))
 
 
+@pytest.mark.slow
 def test_init_video_continues_a_video(tmp_path, capsys):
     from test_sources import make_video
 
@@ -110,6 +115,7 @@ def test_init_video_continues_a_video(tmp_path, capsys):
     assert read_video(path).shape == (8, 48, 64, 3)
 
 
+@pytest.mark.slow
 def test_upscale_with_demo_upscaler(tmp_path, capsys):
     from PIL import Image
 
@@ -207,6 +213,7 @@ def _subprocess(cmd, tmp_path, env_cache):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_bin_inference_py_original_command_line(tmp_path, demo_cache):
     proc = _subprocess([sys.executable, str(REPO / "bin" / "inference.py"), "--model", "demo-random", "--prompt", PROMPT,
                         "--model-2d", "demo", "--num-frames", "3", "--width", "64", "--height", "48", "--times", "2",
@@ -219,6 +226,7 @@ def test_bin_inference_py_original_command_line(tmp_path, demo_cache):
     assert read_video(path).shape == (6, 48, 64, 3)
 
 
+@pytest.mark.slow
 def test_bin_continuityseq_stream_bad_input(tmp_path, demo_cache):
     proc = _subprocess([sys.executable, str(REPO / "bin" / "continuityseq-stream"), "-p", "x", "-WI", "100"],
                        tmp_path, demo_cache)

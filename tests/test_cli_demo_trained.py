@@ -16,6 +16,7 @@ from continuityseq_stream.demo_model import trained_demo_path
 
 
 @pytest.mark.skipif(trained_demo_path() is None, reason="trained demo weights not in this tree")
+@pytest.mark.slow
 def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
     out = tmp_path / "v.mp4"
     proc = subprocess.run(
@@ -38,6 +39,7 @@ def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
 
 
 @pytest.mark.skipif(trained_demo_path() is None, reason="trained demo weights not in this tree")
+@pytest.mark.slow
 def test_cli_demo_uses_the_models_settings_for_flags_not_given_and_keeps_those_given(tmp_path):
     out = tmp_path / "v.mp4"
     proc = subprocess.run(

@@ -264,6 +264,7 @@ def test_cli_timeout_exits_2():
         "error: no answer from tcp://127.0.0.1:9 within 0.2 s; is a stream running with --control tcp://127.0.0.1:9?")
 
 
+@pytest.mark.slow
 def test_cli_client_in_another_process(server):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "continuityseq_stream.control", "--address", server.address]
@@ -295,6 +296,7 @@ def _producer(channel: UpdateChannel, results, chunks: int) -> None:
         channel.close()
 
 
+@pytest.mark.slow
 def test_changes_reach_a_producer_process_at_the_announced_chunk():
     ctx = multiprocessing.get_context("spawn")
     channel = UpdateChannel(ctx)

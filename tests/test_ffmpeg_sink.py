@@ -54,6 +54,7 @@ def test_command_line_is_low_latency_constant_rate():
     assert cmd[-1] == "rtmp://h/app/k"
 
 
+@pytest.mark.slow
 def test_ffmpeg_url_to_a_file_with_silent_audio(tmp_path):
     out = tmp_path / "out.ts"
     n = 30
@@ -72,6 +73,7 @@ def test_ffmpeg_url_to_a_file_with_silent_audio(tmp_path):
     assert sink.stats()["sent"] == n
 
 
+@pytest.mark.slow
 def test_refused_connection_drops_frames_without_blocking_and_retries_give_up():
     port = free_port()  # nothing listens there
     sink = sink_from_uri(f"rtmp://127.0.0.1:{port}/live/x?retries=2")

@@ -98,6 +98,7 @@ def test_segments(tmp_path):
     assert _read(sink.paths[1])[0][0][1] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_survives_kill_9(tmp_path):
     """A writer killed with SIGKILL leaves a file that plays up to its last flushed fragment."""
     path = tmp_path / "crash.mp4"

@@ -171,6 +171,7 @@ def test_a_taken_control_address_is_a_config_error_before_anything_runs(tmp_path
     assert RuntimeOptions(control="tcp://0.0.0.0:5557", control_allow_remote=True).control == "tcp://0.0.0.0:5557"
 
 
+@pytest.mark.slow
 def test_status_line_says_paused_while_the_control_pause_holds_the_producer(tmp_path):
     control = f"tcp://127.0.0.1:{free_port()}"
     prompts = tmp_path / "prompts.txt"

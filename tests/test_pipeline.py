@@ -18,7 +18,7 @@ import torch
 from continuityseq_stream.chunk import Chunk
 from continuityseq_stream.conditioning import FixedConditioning, UniformConditioning
 from continuityseq_stream.errors import CheckpointError, ConfigError
-from continuityseq_stream.pipeline import ContinuitySeqPipeline
+import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
 from continuityseq_stream.prompts import LiveSettings, UpdateChannel
 from continuityseq_stream.sources import to_pixels
 from continuityseq_stream.tiny import save_tiny_pipeline
@@ -176,6 +176,7 @@ def test_next_conditioning_is_last_k_latents(pipe):
         assert torch.equal(cond_next, latents[:, :, -ks[i]:])
 
 
+@pytest.mark.slow
 def test_memory_flat_over_50_chunks(pipe):
     """Only the k conditioning latents survive a chunk: RSS, live tensors and Python objects stay
     flat between chunk 5 and chunk 50 of a never-ending stream."""
@@ -205,6 +206,7 @@ def test_memory_flat_over_50_chunks(pipe):
     assert rss50 - rss5 < 20 * 2**20, (rss5, rss50)
 
 
+@pytest.mark.slow
 def test_stream_forever_and_call(pipe):
     kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=1, guidance_scale=3.0)
     chunks = list(itertools.islice(pipe.stream("x", generator=torch.Generator().manual_seed(0), **kw), 7))
@@ -281,7 +283,7 @@ def test_from_pretrained_real_layout(pipe, tiny_folder):
     import json
 
     assert json.loads((tiny_folder / "model_index.json").read_text())["_class_name"] == "TextToVideoSDPipeline"
-    loaded = ContinuitySeqPipeline.from_pretrained(str(tiny_folder), torch_dtype=torch.float32, device="cpu")
+    loaded = csq.ContinuitySeqPipeline.from_pretrained(str(tiny_folder), torch_dtype=torch.float32, device="cpu")
     loaded.set_progress_bar_config(disable=True)
     from continuityseq_stream.models import ContinuitySeqUNet
 
@@ -302,7 +304,7 @@ def test_scheduler_forced_to_ddim(tiny_folder, tmp_path):
     cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     cfg["_class_name"] = "PNDMScheduler"
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
-    loaded = ContinuitySeqPipeline.from_pretrained(str(folder))
+    loaded = csq.ContinuitySeqPipeline.from_pretrained(str(folder))
     assert type(loaded.scheduler).__name__ == "DDIMScheduler"
     assert loaded.scheduler.config.steps_offset == 1
 
@@ -313,7 +315,7 @@ def test_scheduler_forced_to_ddim(tiny_folder, tmp_path):
 )
 def test_from_pretrained_errors(name, match):
     with pytest.raises(CheckpointError, match=match) as e:
-        ContinuitySeqPipeline.from_pretrained(name)
+        csq.ContinuitySeqPipeline.from_pretrained(name)
     assert "\n" not in str(e.value) and "-m/--model" in str(e.value)
 
 
@@ -323,10 +325,10 @@ def test_from_pretrained_incomplete_folder(tmp_path, tiny_folder):
     shutil.copytree(tiny_folder, tmp_path / "m")
     shutil.rmtree(tmp_path / "m" / "vae")
     with pytest.raises(CheckpointError, match="vae/"):
-        ContinuitySeqPipeline.from_pretrained(str(tmp_path / "m"))
+        csq.ContinuitySeqPipeline.from_pretrained(str(tmp_path / "m"))
     (tmp_path / "m" / "vae").mkdir()
     with pytest.raises(CheckpointError, match="cannot load vae/"):
-        ContinuitySeqPipeline.from_pretrained(str(tmp_path / "m"))
+        csq.ContinuitySeqPipeline.from_pretrained(str(tmp_path / "m"))
 
 
 def test_demo_names_resolve_to_the_trained_and_the_random_demo(monkeypatch, tmp_path):

@@ -53,6 +53,7 @@ def run_producer(config, limit=None, **kw):
         ring.destroy()
 
 
+@pytest.mark.slow
 def test_times_chunks_with_metadata_assigned_once():
     frames, events, stats = run_producer(cfg())
     assert [e[0] for e in events if e[0] != "log"] == ["shape", "attached", "done"]
@@ -64,6 +65,7 @@ def test_times_chunks_with_metadata_assigned_once():
     assert stats["chunks"] == 3 and stats["frames"] == 12 and stats["gen_fps"] > 0
 
 
+@pytest.mark.slow
 def test_stop_ends_a_forever_producer_after_the_chunk_being_written():
     frames, events, stats = run_producer(cfg(times=0), limit=6, source_kwargs={"delay": 0.05})
     assert len(frames) % 4 == 0 and len(frames) >= 8  # the chunk in flight was finished, not cut
@@ -71,6 +73,7 @@ def test_stop_ends_a_forever_producer_after_the_chunk_being_written():
     assert events[-1][0] == "done"
 
 
+@pytest.mark.slow
 def test_unexpected_error_is_reported_with_type_and_message(capfd):
     frames, events, _ = run_producer(cfg(times=0), source_kwargs={"fail_after": 2})
     assert len(frames) == 8
@@ -78,6 +81,7 @@ def test_unexpected_error_is_reported_with_type_and_message(capfd):
     assert "Traceback" in capfd.readouterr().err  # the traceback of an unexpected error goes to stderr
 
 
+@pytest.mark.slow
 def test_a_source_that_cannot_be_imported_is_a_config_error_report():
     ring = FrameRing(2)
     try:

@@ -282,6 +282,7 @@ def _child_writer(ring: FrameRing, n: int) -> None:
         ring.detach()  # also closes the ring: end of stream
 
 
+@pytest.mark.slow
 def test_cross_process_write_and_read_with_spawn():
     ctx = mp.get_context("spawn")
     ring = FrameRing(8, max_readers=2, ctx=ctx)
@@ -314,6 +315,7 @@ def _wait_then_die(ev: ProcessEvent) -> None:
     ev.wait(60)
 
 
+@pytest.mark.slow
 def test_process_event_survives_a_killed_waiter():
     """mp.Event.set() hangs forever after a waiter was SIGKILLed; ProcessEvent must not."""
     ctx = mp.get_context("spawn")
@@ -362,6 +364,7 @@ def _child_in_place_writer(ring: FrameRing, n: int, size: int) -> None:
         ring.detach()
 
 
+@pytest.mark.slow
 def test_no_torn_frames_under_a_fast_in_place_writer_and_two_kinds_of_reader():
     """A spawned writer fills 256x256 slots in place as fast as it can; a lossless reader (views) and
     a lossy one (copies) check that every frame they get is uniform, i.e. never half overwritten."""

@@ -139,6 +139,7 @@ class ListSink(Sink):
 
 # -- tests -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_times_chunks_reach_every_sink_in_order(tmp_path, capsys):
     a, b = ListSink("a"), ListSink("b", policy="latest")
     rc = run(config(times=3), [a, b, f"file:{tmp_path / 'out.mp4'}"], options())
@@ -154,6 +155,7 @@ def test_times_chunks_reach_every_sink_in_order(tmp_path, capsys):
     assert end_frames(err.err) == 3 * F
 
 
+@pytest.mark.slow
 def test_file_stdout_and_zmq_push_get_identical_frames(tmp_path):
     port = free_port()
     from continuityseq_stream.zmq import Subscriber
@@ -186,6 +188,7 @@ def test_file_stdout_and_zmq_push_get_identical_frames(tmp_path):
     assert_sequence(video, exact=False)
 
 
+@pytest.mark.slow
 def test_a_failing_sink_reports_one_line_and_the_others_continue(tmp_path, capsys):
     keeps = ListSink("keeps")
     breaks = ListSink("breaks", fail_after=3)  # block policy: must be removed, or it would hold the producer
@@ -201,6 +204,7 @@ def test_a_failing_sink_reports_one_line_and_the_others_continue(tmp_path, capsy
     assert breaks.closed_calls == 1 and len(breaks.frames) == 3
 
 
+@pytest.mark.slow
 def test_every_sink_failing_stops_the_run(capsys):
     sinks = [ListSink("x", fail_open=True), ListSink("y", fail_after=2)]
     t0 = time.monotonic()
@@ -210,6 +214,7 @@ def test_every_sink_failing_stops_the_run(capsys):
     assert all(s.closed_calls == 1 for s in sinks)
 
 
+@pytest.mark.slow
 def test_a_sink_asking_to_stop_ends_a_forever_run_gracefully():
     quitter, recorder = ListSink("quitter", policy="latest", stop_after=5), ListSink("recorder")
     rc = run(config(times=0), [quitter, recorder], options())
@@ -218,6 +223,7 @@ def test_a_sink_asking_to_stop_ends_a_forever_run_gracefully():
     assert len(indices) >= 5 and indices == list(range(len(indices)))  # drained, lossless, in order
 
 
+@pytest.mark.slow
 def test_duration_stops_a_forever_run(capsys):
     sink = ListSink()
     t0 = time.monotonic()
@@ -227,6 +233,7 @@ def test_duration_stops_a_forever_run(capsys):
     assert len(sink.frames) == end_frames(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_producer_crash_is_one_line_nonzero_and_sinks_keep_what_they_had(tmp_path, capsys):
     sink = ListSink()
     rc = run(config(times=0), [sink, f"file:{tmp_path / 'out.mp4'}"], options(source_kwargs={"fail_after": 3}))
@@ -252,6 +259,7 @@ def test_bad_arguments_raise_before_anything_starts():
         options(source="no_colon")
 
 
+@pytest.mark.slow
 def test_sigint_mid_run_leaves_a_playable_file_with_every_frame_produced(tmp_path):
     path = tmp_path / "out.mp4"
     proc = start_run(["-", f"file:{path}"], cfg={"times": 0}, opts={"source_kwargs": {"delay": 0.03}})
@@ -275,6 +283,7 @@ def test_sigint_mid_run_leaves_a_playable_file_with_every_frame_produced(tmp_pat
     assert no_shm_left(proc.pid)
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_process_group_leaves_a_playable_file(tmp_path):
     path = tmp_path / "out.mp4"
     proc = start_run(["-", f"file:{path}"], cfg={"times": 0}, opts={"source_kwargs": {"delay": 0.03}})
@@ -292,6 +301,7 @@ def test_sigkill_of_the_process_group_leaves_a_playable_file(tmp_path):
     assert no_shm_left(proc.pid)
 
 
+@pytest.mark.slow
 def test_stdout_reader_going_away_ends_that_sink_cleanly(tmp_path):
     proc = start_run(["-", f"file:{tmp_path / 'out.mp4'}"], cfg={"times": 0},
                      opts={"duration": 3.0, "source_kwargs": {"delay": 0.02}})
@@ -309,6 +319,7 @@ def test_stdout_reader_going_away_ends_that_sink_cleanly(tmp_path):
     assert len(decode_file(tmp_path / "out.mp4")) == end_frames(err)  # the file went on to the end
 
 
+@pytest.mark.slow
 def test_second_sigint_forces_a_fast_exit_and_still_closes_sinks(tmp_path):
     path = tmp_path / "out.mp4"
     # a lossless stdout whose reader stops reading: the first SIGINT waits for a drain that never comes

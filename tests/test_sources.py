@@ -113,6 +113,7 @@ def demo_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.mark.slow
 def test_generate_init_image_demo_in_minus_one_one(demo_cache, tmp_path):
     x = sources.generate_init_image("demo", "a red apple", height=48, width=64, image_height=32, image_width=32,
                                     guidance_scale=12.5, generator=torch.Generator().manual_seed(0),

@@ -61,6 +61,7 @@ print("after close", flush=True)           # stdout is back after close
 """
 
 
+@pytest.mark.slow
 def test_prepare_moves_stray_output_to_stderr_and_close_restores_stdout():
     p = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr

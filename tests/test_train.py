@@ -36,6 +36,7 @@ def test_text_encoder_tells_captions_apart():
     assert (e[0] - e[1]).norm() > 1.0 and (e[0] - e[2]).norm() > 1.0
 
 
+@pytest.mark.slow
 def test_vae_steps_reduce_the_loss():
     cfg = _tiny_cfg()
     with torch.random.fork_rng(devices=[]):
@@ -55,6 +56,7 @@ def test_vae_steps_reduce_the_loss():
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_unet_steps_reduce_the_loss():
     cfg = _tiny_cfg()
     with torch.random.fork_rng(devices=[]):
@@ -90,6 +92,7 @@ def test_lr_schedule_is_a_function_of_the_step():
     assert train._lr(100, 100, 1.0) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     from continuityseq_stream.pipeline import ContinuitySeqPipeline
 
@@ -122,6 +125,7 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     assert out.frames.shape == (4, 32, 32, 3) and out.frames.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_refused(tmp_path):
     cfg = _tiny_cfg(train_text_encoder=False, turn_fraction=1.0, cond_dropout=0.5)  # every batch from the turn clips
     tok = train.make_word_tokenizer()
@@ -140,6 +144,7 @@ def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_ref
 
 @pytest.mark.skipif(__import__("continuityseq_stream.demo_model", fromlist=["x"]).trained_demo_path() is None,
                     reason="no trained demo weights shipped in continuityseq_stream/data/demo")
+@pytest.mark.slow
 def test_shipped_demo_loads_through_the_pipeline_and_draws_the_prompt():
     from continuityseq_stream import demo_model, metrics
     from continuityseq_stream.pipeline import ContinuitySeqPipeline

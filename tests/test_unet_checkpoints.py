@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from continuityseq_stream import ContinuitySeqUNet
+import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
 from continuityseq_stream.errors import CheckpointError, ConfigError, ContinuitySeqError
 from continuityseq_stream.models import VARIANTS, detect_variant, load_state_dict_file
 from unet_helpers import CASES, FOLDERS, GOLDEN, TINY_CONFIG, cases, golden_checkpoint, golden_weights, run_case
 
 
-def _tiny(variant: str, seed: int = 0) -> ContinuitySeqUNet:
+def _tiny(variant: str, seed: int = 0) -> csq.ContinuitySeqUNet:
     torch.manual_seed(seed)
-    model = ContinuitySeqUNet(**TINY_CONFIG, variant=variant).eval()
+    model = csq.ContinuitySeqUNet(**TINY_CONFIG, variant=variant).eval()
     with torch.no_grad():  # the reference zero-inits some layers; make every tensor matter
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -42,7 +42,7 @@ def test_fp16_round_trip_detects_variant_from_keys(tmp_path, variant, safe, monk
     calls = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
-    loaded = ContinuitySeqUNet.from_pretrained(tmp_path)  # subfolder="unet" by default
+    loaded = csq.ContinuitySeqUNet.from_pretrained(tmp_path)  # subfolder="unet" by default
     assert loaded.config.variant == variant
     if not safe:  # the pickle is only ever read with the restricted unpickler, mmapped
         assert calls and all(k.get("weights_only") is True and k.get("mmap") is True for k in calls)
@@ -55,15 +55,16 @@ def test_fp16_round_trip_detects_variant_from_keys(tmp_path, variant, safe, monk
         torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_fp32_save_and_dtype_choice(tmp_path):
     model = _tiny("A-prev")
     model.save_pretrained(tmp_path)
     sd = load_file(tmp_path / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float32 for v in sd.values())
-    half = ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None, torch_dtype=torch.float16)
+    half = csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None, torch_dtype=torch.float16)
     assert {p.dtype for p in half.parameters()} == {torch.float16}
     assert not any(p.is_meta for p in half.parameters())
-    full = ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None, device="cpu")
+    full = csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None, device="cpu")
     for k, v in model.state_dict().items():
         assert torch.equal(full.state_dict()[k], v)
 
@@ -85,7 +86,7 @@ def test_mismatched_checkpoint_names_keys(tmp_path):
     (tmp_path / "config.json").write_text((GOLDEN / "ref_a_prev" / "config.json").read_text())
     save_file(sd, str(tmp_path / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(CheckpointError) as info:
-        ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
     msg = str(info.value)
     assert f"{len(removed)} missing keys" in msg and removed[0] in msg
     assert "1 unexpected keys" in msg and "mid_block.bogus.weight" in msg
@@ -98,11 +99,11 @@ def test_config_variant_must_agree_with_keys(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "variant": "B-init"}))
     with pytest.raises(CheckpointError, match="says variant 'B-init' but the keys .* are those of 'B-HEAD'"):
-        ContinuitySeqUNet.from_pretrained(folder, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(folder, subfolder=None)
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="variant argument says variant 'A-prev'"):
-        ContinuitySeqUNet.from_pretrained(folder, subfolder=None, variant="A-prev")
-    assert ContinuitySeqUNet.from_pretrained(folder, subfolder=None, variant="B-HEAD").config.variant == "B-HEAD"
+        csq.ContinuitySeqUNet.from_pretrained(folder, subfolder=None, variant="A-prev")
+    assert csq.ContinuitySeqUNet.from_pretrained(folder, subfolder=None, variant="B-HEAD").config.variant == "B-HEAD"
 
 
 @pytest.mark.parametrize("kind", ["truncated_safetensors", "garbage_bin", "pickle_code_bin"])
@@ -116,26 +117,26 @@ def test_corrupted_checkpoint(tmp_path, kind):
     else:  # a pickle that would run code: the restricted unpickler must refuse it
         torch.save({"x": torch.zeros(1), "f": print}, tmp_path / "diffusion_pytorch_model.bin")
     with pytest.raises(CheckpointError, match="cannot read"):
-        ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
 
 
 def test_missing_things_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="neither an existing folder nor a hub repo id"):
-        ContinuitySeqUNet.from_pretrained(tmp_path / "nope" / "deeper" / "x")
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path / "nope" / "deeper" / "x")
     with pytest.raises(CheckpointError, match="no 'unet' subfolder"):
-        ContinuitySeqUNet.from_pretrained(tmp_path)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="needs config.json"):
-        ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
     (tmp_path / "config.json").write_text((GOLDEN / "ref_a_prev" / "config.json").read_text())
     with pytest.raises(CheckpointError, match="neither diffusion_pytorch_model.safetensors nor"):
-        ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
     with pytest.raises(ConfigError, match="unknown options"):
-        ContinuitySeqUNet.from_pretrained(GOLDEN / "ref_a_prev", subfolder=None, low_cpu_mem_usage=False)
+        csq.ContinuitySeqUNet.from_pretrained(GOLDEN / "ref_a_prev", subfolder=None, low_cpu_mem_usage=False)
     cfg = json.loads((GOLDEN / "ref_a_prev" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "frobnicate": 3}))
     save_file({"a": torch.zeros(1)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ConfigError, match="frobnicate=3"):
-        ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+        csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
 
 
 def test_offline_hub_id_says_pass_a_local_folder(monkeypatch, tmp_path):
@@ -145,7 +146,7 @@ def test_offline_hub_id_says_pass_a_local_folder(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError, match="pass a local folder") as info:
-        ContinuitySeqUNet.from_pretrained("b-f/ContinuitySeq-A")
+        csq.ContinuitySeqUNet.from_pretrained("b-f/ContinuitySeq-A")
     assert "b-f/ContinuitySeq-A" in str(info.value)
 
 
@@ -154,7 +155,7 @@ def test_legacy_conditioning_attentions_name_loads(tmp_path):
           for k, v in golden_weights("A-prev").items()}
     (tmp_path / "config.json").write_text((GOLDEN / "ref_a_prev" / "config.json").read_text())
     torch.save(sd, tmp_path / "diffusion_pytorch_model.bin")
-    model = ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
+    model = csq.ContinuitySeqUNet.from_pretrained(tmp_path, subfolder=None)
     data = cases("A-prev")
     torch.testing.assert_close(run_case(model, data, "b_c3_f4"), data["b_c3_f4.expected"], atol=1e-4, rtol=1e-4)
 
@@ -164,7 +165,7 @@ def test_legacy_conditioning_attentions_name_loads(tmp_path):
                                                  ("A-prev", torch.float16, 1e-2)])
 def test_low_precision_on_cpu_close_to_golden(tmp_path, variant, dtype, bound):
     folder = GOLDEN / "ref_a_prev" if variant == "A-prev" else golden_checkpoint(variant, tmp_path)
-    model = ContinuitySeqUNet.from_pretrained(folder, subfolder=None, torch_dtype=dtype)
+    model = csq.ContinuitySeqUNet.from_pretrained(folder, subfolder=None, torch_dtype=dtype)
     data = cases(variant)
     for case in CASES:
         out = run_case(model, data, case, dtype=dtype)
@@ -223,6 +224,6 @@ def test_forward_shapes_and_errors():
     with pytest.raises(ConfigError, match="timestep"):
         model(x, y, torch.tensor([1, 2, 3]), e)
     with pytest.raises(ConfigError, match="variant"):
-        ContinuitySeqUNet(**TINY_CONFIG, variant="C")
+        csq.ContinuitySeqUNet(**TINY_CONFIG, variant="C")
     with pytest.raises(ConfigError, match="not implemented"):
-        ContinuitySeqUNet(**TINY_CONFIG, use_conditioning_transformer=True)
+        csq.ContinuitySeqUNet(**TINY_CONFIG, use_conditioning_transformer=True)

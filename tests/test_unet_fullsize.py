@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from continuityseq_stream import ContinuitySeqUNet
+import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
 
 COUNTS = {  # variant: (parameters, state-dict tensors)
     "A-prev": (2_414_450_544, 2488),
@@ -21,7 +21,7 @@ COUNTS = {  # variant: (parameters, state-dict tensors)
 
 def _meta(variant: str, **kwargs) -> dict[str, tuple]:
     with torch.device("meta"):
-        model = ContinuitySeqUNet(variant=variant, **kwargs)
+        model = csq.ContinuitySeqUNet(variant=variant, **kwargs)
     assert all(p.is_meta for p in model.parameters())
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -32,6 +32,7 @@ def shapes():
 
 
 @pytest.mark.parametrize("variant", list(COUNTS))
+@pytest.mark.slow
 def test_parameter_counts(shapes, variant):
     sd = shapes[variant]
     assert sum(torch.Size(s).numel() for s in sd.values()) == COUNTS[variant][0]
@@ -95,6 +96,7 @@ def test_other_variants_keys(shapes):
     assert not any(k.startswith(("conditioning_in.", "time_embedding.")) for k in b_head)
 
 
+@pytest.mark.slow
 def test_a_prev_flag_combinations():
     # §1: the temporal-conditioning transformers and the conditioning blocks account for these deltas
     no_tc = _meta("A-prev", use_temp_conditioning_transformer=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from continuityseq_stream import ContinuitySeqUNet
+import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
 from unet_helpers import CASES, FOLDERS, GOLDEN, cases, golden_checkpoint, run_case
 
 _MODELS: dict = {}
@@ -19,11 +19,11 @@ _MODELS: dict = {}
 def load(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden_ckpt")
 
-    def get(variant: str) -> ContinuitySeqUNet:
+    def get(variant: str) -> csq.ContinuitySeqUNet:
         if variant not in _MODELS:
             # A folders are the golden ones as shipped; B folders are built with the golden README's recipe.
             folder = GOLDEN / FOLDERS[variant] if variant.startswith("A") else golden_checkpoint(variant, root)
-            model = ContinuitySeqUNet.from_pretrained(folder, subfolder=None, torch_dtype=torch.float32)
+            model = csq.ContinuitySeqUNet.from_pretrained(folder, subfolder=None, torch_dtype=torch.float32)
             assert model.config.variant == variant
             _MODELS[variant] = (model, cases(variant))
         return _MODELS[variant]

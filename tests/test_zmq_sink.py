@@ -71,6 +71,7 @@ def test_bind_conflict_is_a_sink_error():
         first.close()
 
 
+@pytest.mark.slow
 def test_push_delivers_every_frame_in_order_to_another_process():
     n = 40
     sink = sink_from_uri("zmq+push://127.0.0.1:0")
@@ -114,6 +115,7 @@ def test_subscribe_helper_receives_pixels_then_eos():
         np.testing.assert_array_equal(frame, _frame(i))
 
 
+@pytest.mark.slow
 def test_pub_with_slow_subscriber_does_not_slow_the_writer():
     n = 200
     big = np.full((240, 320, 3), 99, np.uint8)  # large frames, so kernel socket buffers fill quickly

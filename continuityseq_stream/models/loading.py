@@ -116,7 +116,7 @@ def _download(repo_id: str, subfolder: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    hint = (f"pass a local folder instead (e.g. after `huggingface-cli download {repo_id}` on a machine "
+    hint = (f"pass a local folder instead (e.g. made by `hf download {repo_id} --local-dir DIR` on a machine "
             f"with network access), or unset HF_HUB_OFFLINE")
     try:
         config = Path(hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder))
