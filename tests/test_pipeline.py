@@ -292,7 +292,11 @@ def test_from_pretrained_real_layout(pipe, tiny_folder):
     kw = dict(image=_image(), height=H, width=W, num_frames=F, num_inference_steps=2, guidance_scale=4.0, times=1)
     a = loaded("x", generator=torch.Generator().manual_seed(0), **kw).frames
     b = pipe("x", generator=torch.Generator().manual_seed(0), **kw).frames
-    assert np.array_equal(a, b)
+    # Same weights, same math; but with one OpenMP thread the loaded (mmap'ed safetensors) weights take
+    # another kernel path, and a float32 last-bit difference can flip a pixel sitting on .5 when it is
+    # rounded to uint8: at most 1 LSB, in a handful of pixels.
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).sum())
 
 
 def test_scheduler_forced_to_ddim(tiny_folder, tmp_path):
