@@ -50,6 +50,11 @@ def build_parts(state: ServiceState, service: ServiceOptions) -> list:
         from .osc import OscPart
 
         parts.append(OscPart(state, service.osc, service.osc_telemetry))
+    from .webrtc import webrtc_part
+
+    part = webrtc_part(state)
+    if part is not None:
+        parts.append(part)
     return parts
 
 
@@ -69,7 +74,12 @@ def serve(config: GenerationConfig, sinks: Iterable[Union[str, Sink]], options: 
     state = ServiceState(service, dispatcher, hub, bus, tap)
     metrics = ServiceMetrics(state)
     bus.subscribe(metrics.on_event)
-    server = ServiceServer(build_app(state, metrics), service.host, service.port, tuple(build_parts(state, service)))
+    app, parts = build_app(state, metrics), build_parts(state, service)
+    for part in parts:
+        add_routes = getattr(part, "add_routes", None)
+        if add_routes is not None:  # routes must exist before the app starts
+            add_routes(app)
+    server = ServiceServer(app, service.host, service.port, tuple(parts))
     poller = StatusPoller(state)
     try:
         server.start()
