@@ -6,41 +6,18 @@ channel takes commands and carries per-chunk events. The work is in tests/webrtc
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from service_helpers import namespace_skip_reason, run_in_namespace
+
 HERE = Path(__file__).resolve().parent
-
-
-def _namespace_skip_reason():
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare (util-linux) and ip (iproute2)"
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"cannot make a network namespace here (root needed): {probe.stderr.strip()}"
-    return None
-
-
-def run_in_namespace(script: Path, timeout: float = 400) -> dict:
-    """Run `script` with this Python inside a fresh network namespace with lo up and 127.0.0.2."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = ["unshare", "-n", "bash", "-c",
-           f'ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec "{sys.executable}" "{script}"']
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_whep_viewers_see_the_generated_colours_and_a_stalled_viewer_holds_nobody():
-    reason = _namespace_skip_reason()
+    reason = namespace_skip_reason()
     if reason:
         pytest.skip(reason)
     r = run_in_namespace(HERE / "webrtc_check.py")
