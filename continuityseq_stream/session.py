@@ -256,7 +256,8 @@ def open_stream(
             config.model_2d if pixels is None and config.model not in TRAINED_DEMO_NAMES else None,
             config.upscaler if config.upscale else None):
         logger.warning(DEMO_LABEL)
-    logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
+    logger.info("seed %s, device %s, dtype %s, attention %s",
+                "from the saved state" if config.resume else config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)
     point = load_resume_point(config, runtime.device, runtime.dtype) if config.resume else None
     if point is not None:  # no new first frame: the saved latents condition the next chunk

@@ -182,10 +182,10 @@ main(sys.argv[2:], prog_name="continuityseq-stream")
 """
 
 
-def _refused(args, tmp_path) -> str:
+def _refused(args, tmp_path, command="run") -> str:
     marker = tmp_path / "started"
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(marker), "--model", "demo-random", "--prompt", "x",
-                           "-WI", "64", "-HI", "64", "-T", "4", *args, "-o", str(tmp_path / "out")],
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(marker), command, "--model", "demo-random", "--prompt", "x",
+                           "-WI", "64", "-HI", "64", "-T", "4", *args, *(["-o", str(tmp_path / "out")] if command == "run" else [])],
                           capture_output=True, text=True, env=_env(tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert not marker.exists()
@@ -202,8 +202,9 @@ def test_bad_resume_input_is_one_line_before_the_producer_starts(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    line = _refused(["--resume", str(empty)], tmp_path)
-    assert line.startswith("continuityseq-stream: error: --resume: no saved state in"), line
+    for command in ("run", "serve"):
+        line = _refused(["--resume", str(empty)], tmp_path, command)
+        assert line.startswith("continuityseq-stream: error: --resume: no saved state in"), line
     state = tmp_path / "state"
     state.mkdir()
     point = ResumePoint(3, 12, torch.zeros(1, 4, 2, 8, 8), torch.Generator().get_state(), None,
@@ -218,3 +219,72 @@ def test_bad_resume_input_is_one_line_before_the_producer_starts(tmp_path):
     (tmp_path / "file").write_text("x")
     line = _refused(["--state-dir", str(tmp_path / "file" / "sub")], tmp_path)
     assert line.startswith("continuityseq-stream: error: --state-dir: cannot create"), line
+
+
+class _Serve:
+    """`continuityseq-stream serve` with the trained demo in its own process group; URL from stderr."""
+
+    def __init__(self, args, tmp_path) -> None:
+        self.lines: list = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "continuityseq_stream.cli", "serve", *BASE, "--port", "0", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
+        threading.Thread(target=lambda: [self.lines.append(line.rstrip()) for line in self.proc.stderr],
+                         daemon=True).start()
+        _wait(lambda: self._url() is not None or self.proc.poll() is not None, 120, "serving on")
+        self.url = self._url()
+        assert self.url is not None, self.lines
+
+    def _url(self):
+        import re
+
+        for line in list(self.lines):
+            m = re.match(r"serving on (http://\S+/) ", line)
+            if m:
+                return m.group(1)
+        return None
+
+    def api(self, method, path, body=None):
+        from service_helpers import request
+
+        status, _, answer = request(method, self.url + path, body)
+        assert status == 200, answer
+        return answer
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.mark.slow
+def test_serve_resumes_with_the_live_changes_made_before_the_crash(tmp_path):
+    """serve: --state-dir/--resume pass through; a guidance change sent over the HTTP API before the
+    kill -9 is in effect after the restart, the status shows it, and new commands apply at chunks
+    after the resumed one (the control channel starts at the saved chunk)."""
+    state = tmp_path / "state"
+    first = _Serve(["--state-dir", str(state)], tmp_path)
+    try:
+        at = first.api("POST", "api/command", {"command": "set_guidance", "guidance_scale": 5.5})["applies_at_chunk"]
+        _wait(lambda: (state / STATE_FILE).exists() and read_state(str(state))["next_chunk"] > at + 1, 240,
+              "a state after the guidance change")
+    finally:
+        first.kill()
+    saved = read_state(str(state))
+    port = free_port()
+    rx = Receiver(port)
+    second = _Serve(["--resume", str(state), "--sink", f"zmq+push://127.0.0.1:{port}"], tmp_path)
+    try:
+        _wait(lambda: len(rx.headers) >= F, 240, "resumed frames")
+        assert rx.headers[0]["index"] == saved["next_frame"] and rx.headers[0]["chunk"] == saved["next_chunk"]
+        schedule = second.api("GET", "api/schedule")
+        assert schedule["guidance_scale"] == 5.5, schedule
+        answer = second.api("POST", "api/command", {"command": "set_guidance", "guidance_scale": 6.5})
+        assert answer["applies_at_chunk"] > saved["next_chunk"], answer
+        os.killpg(second.proc.pid, signal.SIGTERM)
+        assert second.proc.wait(60) == 0, second.lines
+    finally:
+        if second.proc.poll() is None:
+            second.kill()
+        rx.stop()
+    assert any(f"resuming from {state}: chunk {saved['next_chunk']}" in line for line in second.lines), second.lines
+    assert read_state(str(state))["next_chunk"] > saved["next_chunk"]
