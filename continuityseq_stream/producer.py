@@ -50,6 +50,7 @@ from .config import GenerationConfig
 from .errors import ConfigError, ContinuitySeqError
 from .ipc import MessagePipe
 from .prompts import PromptSchedule, UpdateChannel
+from .resume import StateKeeper
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
@@ -232,6 +233,7 @@ class _Child:
         chunks = fn(self.config, **source_kwargs, schedule=schedule, updates=channel, abort=self.stop.is_set)
         fps, times = float(self.config.fps), self.config.times
         made = 0
+        keeper = StateKeeper.for_config(self.config, self.ring)  # --state-dir: resume.py
         try:
             it = iter(chunks)
             while True:
@@ -264,6 +266,8 @@ class _Child:
                     chunk.write_frame(i, self.ring.slot(seq))  # the frame is made in shared memory
                     self.ring.commit(seq, meta)
                     self.stats[_S_FRAMES] += 1
+                if keeper is not None and chunk.resume_point is not None:
+                    keeper.offer(self.ring.written, chunk.resume_point)
                 made += 1
                 self.stats[_S_CHUNKS] = made
                 if times and made >= times:
@@ -271,6 +275,8 @@ class _Child:
         except RingClosed:
             return
         finally:
+            if keeper is not None:
+                keeper.close()  # saves the last chunk written (the sinks drain the ring)
             close = getattr(chunks, "close", None)
             if close is not None:
                 try:

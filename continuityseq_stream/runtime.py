@@ -71,7 +71,8 @@ from .config import GenerationConfig
 from .control import ControlServer, LiveController, check_control_address
 from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from .prompts import PromptSchedule, UpdateChannel
+from .resume import initial_live_settings, keep_earlier_files, resume_start
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
 from .sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status
@@ -412,7 +413,7 @@ class _Run:
                 _SinkRunner(s, self.ring, self.ring.add_reader(s.policy), self.abort, self.log) for s in self.sinks
             ]
             ctx = mp.get_context("spawn")
-            self.channel = UpdateChannel(ctx)
+            self.channel = UpdateChannel(ctx, first_chunk=resume_start(self.config))
             self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs,
                                      ctx=ctx, schedule=opts.schedule, channel=self.channel)
             if opts.control is not None:
@@ -508,7 +509,7 @@ class _Run:
     def _start_control(self) -> None:
         """Bind the control socket (ConfigError when refused or taken: before any model work)."""
         schedule = self.options.schedule
-        self.controller = LiveController(self.channel, LiveSettings.from_config(self.config, schedule))
+        self.controller = LiveController(self.channel, initial_live_settings(self.config, schedule))
         self.server = ControlServer(self.options.control, allow_remote=self.options.control_allow_remote,
                                     on_update=self._on_control_update, on_stop=self._on_control_stop,
                                     on_status=self.status_fields)
@@ -733,6 +734,7 @@ def run(
     check_ring_memory(options.ring_frames, *config.frame_size)  # before any sink or process exists
     writer = _Log(log if log is not None else sys.stderr)
     built = build_sinks(sinks, log=writer.stream)
+    keep_earlier_files(built, config)  # --resume: file sinks write new files
     state = _Run(config, built, options, writer)
     try:
         for sink in built:
