@@ -76,6 +76,7 @@ from .resume import initial_live_settings, keep_earlier_files, resume_start
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
 from .sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status
+from .threads import resolve_threads
 
 __all__ = ["RuntimeOptions", "run", "build_sinks", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
 
@@ -104,6 +105,8 @@ class RuntimeOptions:
     control_allow_remote: accept a non-loopback control address (`--control-allow-remote`).
     sink_timeout: seconds a sink may spend in one open/write/close without progress (`--sink-timeout`);
         then it is detached (an RTMP/ffmpeg sink restarts its ffmpeg instead) and the others go on.
+    threads: torch's intra-op CPU threads in the producer (`--threads`); None: `OMP_NUM_THREADS` if
+        exported, else the available CPUs minus one (threads.py says why).
     """
 
     duration: Optional[float] = None
@@ -117,6 +120,7 @@ class RuntimeOptions:
     control: Optional[str] = None
     control_allow_remote: bool = False
     sink_timeout: float = 10.0
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.duration is not None and not (_finite(self.duration) and self.duration > 0):
@@ -141,6 +145,8 @@ class RuntimeOptions:
             check_control_address(self.control, self.control_allow_remote)
         if not (_finite(self.sink_timeout) and self.sink_timeout > 0):
             raise bad_value("sink_timeout", self.sink_timeout, "use a finite number of seconds > 0, e.g. 10")
+        if self.threads is not None:
+            resolve_threads(self.threads)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":
@@ -415,7 +421,7 @@ class _Run:
             ctx = mp.get_context("spawn")
             self.channel = UpdateChannel(ctx, first_chunk=resume_start(self.config))
             self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs,
-                                     ctx=ctx, schedule=opts.schedule, channel=self.channel)
+                                     ctx=ctx, schedule=opts.schedule, channel=self.channel, threads=opts.threads)
             if opts.control is not None:
                 self._start_control()
             self._take_signal()
