@@ -48,6 +48,7 @@ def test_the_child_waits_passively_unless_the_user_chose_a_policy():
     assert "OMP_WAIT_POLICY" not in threads.child_environment(1, {"OMP_WAIT_POLICY": "active"})
 
 
+@pytest.mark.slow
 def test_the_cli_rejects_bad_threads_in_one_line():
     out = subprocess.run([sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "-p", "x",
                           "--threads", "0"], capture_output=True, text=True, timeout=120)
