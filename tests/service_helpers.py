@@ -104,30 +104,31 @@ def children_pids(pid: int, needle: str) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children() if needle in " ".join(c.cmdline())]
 
 
-def namespace_skip_reason(*tools: str):
-    """Why a test cannot run in a network namespace of its own here, or None."""
+def namespace_skip_reason(*tools: str, packages: str = "chromium chromium-driver"):
+    """Why a test cannot run in a network namespace of its own here, or None. `packages`: the Debian
+    packages that bring `tools`, for the skip message."""
     import shutil
 
     missing = [t for t in ("unshare", "ip", *tools) if shutil.which(t) is None]
     if missing:
-        return f"needs {', '.join(missing)} (apt-get install util-linux iproute2 chromium chromium-driver)"
+        return f"needs {', '.join(missing)} (apt-get install util-linux iproute2 {packages})"
     probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"cannot make a network namespace here (root needed): {probe.stderr.strip()}"
     return None
 
 
-def run_in_namespace(script, *args: str, timeout: float = 400) -> dict:
+def run_in_namespace(script, *args: str, timeout: float = 400, setup: str = "") -> dict:
     """Run `script` with this Python in a fresh network namespace (lo up, 127.0.0.2 added: aiortc's ICE
     skips exactly 127.0.0.1, so peers meet on 127.0.0.2 and nothing leaves the namespace); returns the
-    JSON object it prints last."""
+    JSON object it prints last. `setup`: more shell commands run in the namespace first."""
     from pathlib import Path
 
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     quoted = " ".join(f'"{a}"' for a in (sys.executable, str(script), *args))
-    cmd = ["unshare", "-n", "bash", "-c", f"ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec {quoted}"]
+    cmd = ["unshare", "-n", "bash", "-c", f"ip link set lo up && ip addr add 127.0.0.2/8 dev lo && {setup or 'true'} && exec {quoted}"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
