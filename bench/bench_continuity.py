@@ -4,7 +4,7 @@
     python bench/bench_continuity.py --model FOLDER --chunks 50 --drift-chunks 200 --json out.json
 
 For each prompt it streams `--chunks` chunks from a rendered first frame (`demo_model.demo_init_frame`),
-tracks the object (`continuityseq_stream.metrics`) and reports prompt adherence (fraction of chunks
+tracks the object (`continuityseq_stream.demo.metrics`) and reports prompt adherence (fraction of chunks
 whose object has the asked colour and moves the asked way), the seam ratio (velocity error across
 chunk boundaries / inside chunks; 1 = seamless) and the frame-difference ratio. The first prompt runs
 `--drift-chunks` chunks for size/colour drift. The ablation is the same model with every chunk's
@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from continuityseq_stream import demo_model, metrics  # noqa: E402
-from continuityseq_stream.conditioning import UniformConditioning  # noqa: E402
-from continuityseq_stream.pipeline import ContinuitySeqPipeline  # noqa: E402
+from continuityseq_stream.demo import metrics, trained as demo_model  # noqa: E402
+from continuityseq_stream.pipeline.conditioning import UniformConditioning  # noqa: E402
+from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline  # noqa: E402
 
 
 class NoiseConditioningPipeline(ContinuitySeqPipeline):

@@ -47,7 +47,7 @@ CONFIGS = {
 
 
 def make_unet(name: str, device, dtype):
-    from continuityseq_stream import tiny
+    from continuityseq_stream.demo import tiny
     from continuityseq_stream.models import ContinuitySeqUNet
 
     spec = CONFIGS[name]
@@ -112,8 +112,8 @@ def forward_figures(name, unet, device, dtype, repeats) -> dict:
 
 def chunk_figures(name, unet, device, dtype, steps, repeats) -> dict:
     """One full chunk (denoise + decode) through ContinuitySeqPipeline with the tiny VAE/text encoder."""
-    from continuityseq_stream import tiny
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.demo import tiny
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     spec = CONFIGS[name]
     with torch.random.fork_rng(devices=[]):

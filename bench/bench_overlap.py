@@ -29,7 +29,7 @@ from _common import load, median  # noqa: E402
 
 
 def setup(args):
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     pipe = ContinuitySeqPipeline.from_pretrained("demo-random")
     pipe.set_progress_bar_config(disable=True)

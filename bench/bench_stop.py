@@ -31,7 +31,7 @@ from _common import PYTHON, bench_env, free_port, load  # noqa: E402
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -79,7 +79,7 @@ class SilentServer:
 def run_case(sinks: list[str], options: dict, sigint_after: float, video: str) -> dict:
     args = {"config": dict(prompt="bench", width=64, height=48, num_frames=8, fps=8.0, times=0),
             "sinks": sinks + [f"file:{video}"],
-            "options": {"source": "continuityseq_stream.testing:synthetic_stream", "status_interval": 0,
+            "options": {"source": "continuityseq_stream.demo.synthetic_source:synthetic_stream", "status_interval": 0,
                         "source_kwargs": {"delay": 0.05}, **options}}
     proc = subprocess.Popen([PYTHON, "-c", RUNNER, json.dumps(args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=bench_env(1), start_new_session=True)

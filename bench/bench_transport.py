@@ -22,7 +22,7 @@ reader per frame (what the handoff takes away from the model on a small machine)
   mp4), zmq push (a PULL socket in a thread of this process receives every frame), zmq pub (a SUB in a
   thread; received count shown), stdout (to /dev/null), ffmpeg (x264 ultrafast to `-f null`, with the
   stream fps set to 1000 so the sink's real-time clock is not the limit).
-Frames are the synthetic moving pattern (`continuityseq_stream.testing`), 16 distinct ones cycled,
+Frames are the synthetic moving pattern (`continuityseq_stream.demo.synthetic_source`), 16 distinct ones cycled,
 so the encoders see motion. Prints a short table.
 """
 
@@ -45,7 +45,7 @@ DISTINCT = 16
 
 
 def make_frames(width: int, height: int) -> np.ndarray:
-    from continuityseq_stream.testing import synthetic_frame
+    from continuityseq_stream.demo.synthetic_source import synthetic_frame
 
     return np.stack([synthetic_frame(i, width, height) for i in range(DISTINCT)])
 
@@ -111,7 +111,7 @@ class _Clock:
 def ring_fps(width: int, height: int, n: int, mode: str = "made") -> tuple[float, float]:
     """(frames per second, CPU microseconds per frame in both processes together); mode "made",
     "handoff" or "copy" (see the module doc)."""
-    from continuityseq_stream.ringbuffer import FrameRing, RingClosed
+    from continuityseq_stream.runtime.ringbuffer import FrameRing, RingClosed
 
     ctx = mp.get_context("spawn")
     ring = FrameRing(64, max_readers=1, ctx=ctx)

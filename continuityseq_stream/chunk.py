@@ -55,7 +55,7 @@ class Chunk:
         if isinstance(self.frames, np.ndarray):
             out[...] = self.frames[i]
         else:
-            from .sources import pixels_to_uint8_into
+            from .pipeline.first_frame import pixels_to_uint8_into
 
             pixels_to_uint8_into(self.frames[i], out)
 

@@ -26,7 +26,7 @@ PROG = "continuityseq-stream"
 RUNNER = r"""
 import os, sys
 marker = sys.argv[1]
-from continuityseq_stream import producer
+from continuityseq_stream.runtime import producer
 
 def _must_not_start(self, *args, **kwargs):
     with open(marker, "w") as f:
@@ -34,7 +34,7 @@ def _must_not_start(self, *args, **kwargs):
     os._exit(97)
 
 producer.Producer.start = _must_not_start
-from continuityseq_stream.cli import main
+from continuityseq_stream.cli.app import main
 main(sys.argv[2:], prog_name="continuityseq-stream")
 """
 

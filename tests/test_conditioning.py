@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from continuityseq_stream.conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
+from continuityseq_stream.pipeline.conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
 from continuityseq_stream.errors import ConfigError
 
 

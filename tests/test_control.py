@@ -17,7 +17,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from continuityseq_stream.control import (
+from continuityseq_stream.control.server import (
     ControlClient,
     ControlError,
     ControlServer,
@@ -26,7 +26,7 @@ from continuityseq_stream.control import (
     control_command,
 )
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.prompts import LiveSettings, UpdateChannel, UpdateError
+from continuityseq_stream.prompts.schedule import LiveSettings, UpdateChannel, UpdateError
 
 TIMEOUT = 5.0
 
@@ -267,7 +267,7 @@ def test_cli_timeout_exits_2():
 @pytest.mark.slow
 def test_cli_client_in_another_process(server):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "continuityseq_stream.control", "--address", server.address]
+    cmd = [sys.executable, "-m", "continuityseq_stream.control.server", "--address", server.address]
     done = subprocess.run(cmd + ["set-prompt", "from another process"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr

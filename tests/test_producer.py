@@ -6,11 +6,11 @@ import pytest
 
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.producer import Producer
-from continuityseq_stream.ringbuffer import FrameRing, RingClosed
-from continuityseq_stream.testing import synthetic_frame
+from continuityseq_stream.runtime.producer import Producer
+from continuityseq_stream.runtime.ringbuffer import FrameRing, RingClosed
+from continuityseq_stream.demo.synthetic_source import synthetic_frame
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 
 
 def cfg(**kw):

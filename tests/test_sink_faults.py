@@ -27,21 +27,21 @@ import pytest
 from continuityseq_stream.chunk import FrameMeta
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError, SinkError
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 from continuityseq_stream.sinks import sink_from_uri
 from continuityseq_stream.sinks.base import Sink, StreamInfo
 from continuityseq_stream.sinks.ffmpeg import FfmpegOptions, ffmpeg_command
-from continuityseq_stream.testing import decode_index, synthetic_frame
+from continuityseq_stream.demo.synthetic_source import decode_index, synthetic_frame
 from servers import SilentTcpServer, assert_no_children, free_port
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 W, H, F, FPS = 64, 48, 8, 8.0
 RING = 16
 
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -321,7 +321,7 @@ def test_zmq_sink_loopback_and_connect_need_no_flag():
 @pytest.mark.slow
 def test_cli_refuses_a_wildcard_zmq_bind_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "--model-2d", "demo",
+        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "--model-2d", "demo",
          "-p", "x", "-T", "2", "-WI", "64", "-HI", "64", "-s", "1", "--sink", "zmq+pub://*:5555", "-o", str(tmp_path)],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 2, proc.stderr
@@ -344,7 +344,7 @@ def test_sink_timeout_must_be_finite_and_positive(bad):
 @pytest.mark.slow
 def test_cli_bad_sink_timeout_is_one_line_and_status_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "--model-2d", "demo",
+        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "--model-2d", "demo",
          "-p", "x", "-T", "2", "-WI", "64", "-HI", "64", "-s", "1", "--sink-timeout", "0", "-o", str(tmp_path)],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 2, proc.stderr

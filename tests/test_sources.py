@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from continuityseq_stream import sources
+from continuityseq_stream.pipeline import first_frame as sources
 from continuityseq_stream.errors import CheckpointError, ConfigError
 
 

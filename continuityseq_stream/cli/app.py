@@ -34,8 +34,8 @@ from typing import Iterable, Optional
 import click
 from click.core import ParameterSource
 
-from .config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
-from .errors import ConfigError, ContinuitySeqError
+from ..config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
+from ..errors import ConfigError, ContinuitySeqError
 
 logger = logging.getLogger("continuityseq_stream")
 
@@ -125,8 +125,8 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
     frame: a run that fails before it leaves nothing behind).
     schedule: a `PromptSchedule` (--prompts-file); control: the --control bind address;
     sink_timeout: --sink-timeout (a sink stuck that long is detached, see docs/reliability.md)."""
-    from .ringbuffer import check_ring_memory
-    from .runtime import RuntimeOptions, build_sinks
+    from ..runtime.ringbuffer import check_ring_memory
+    from ..runtime.loop import RuntimeOptions, build_sinks
 
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
                              source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
@@ -134,7 +134,7 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
                              sink_timeout=sink_timeout)
     check_ring_memory(options.ring_frames, *config.frame_size)
     if not sinks:  # the path as a sink object: a '?' in -o must not be read as URI options
-        from .sinks.file import FileSink
+        from ..sinks.file import FileSink
 
         return [FileSink(output_path)], options
     return build_sinks(sinks), options
@@ -143,7 +143,7 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
 def run_loop(config: GenerationConfig, output_path: str, **stream) -> int:
     """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
     and return the exit status; `stream` as `prepare_stream`."""
-    from .runtime import run
+    from ..runtime.loop import run
 
     sinks, options = prepare_stream(config, output_path, **stream)
     return run(config, sinks, options)
@@ -249,7 +249,7 @@ PROMPT_OPTIONS = ("prompts_file", "prompts_interval", "loop_prompts")
 def schedule_from_options(options: dict):
     """--prompts-file/--prompts-interval/--loop-prompts -> a PromptSchedule or None (ConfigError when
     the file is bad or the other two come without it)."""
-    from .prompts import PromptSchedule
+    from ..prompts.schedule import PromptSchedule
 
     path, interval, loop = (options[k] for k in PROMPT_OPTIONS)
     if path is None:
@@ -306,7 +306,7 @@ def _size_from_init(options: dict) -> bool:
     """-i/--init-video without both -WI and -HI: the video takes the image's (the video's frame) size,
     rounded down to multiples of 8, as the original; a given -WI or -HI wins (see
     `sources.fit_video_size`). Returns True when the size was set here."""
-    from .sources import fit_video_size, init_source_size
+    from ..pipeline.first_frame import fit_video_size, init_source_size
 
     if _given("width") and _given("height"):
         return False
@@ -328,7 +328,7 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
     `skip`: fields already decided otherwise (the size an init image gave). Returns what was applied,
     for a log line once the input has passed its checks (a run refused for bad input prints its one
     error line and nothing else)."""
-    from .demo_model import DEMO_SETTINGS
+    from ..demo.trained import DEMO_SETTINGS
 
     applied = []
     for field, key in _DEMO_FLAGS.items():
@@ -341,8 +341,8 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
 def _run(**options) -> None:
     """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
     _setup_logging()
-    from .session import TRAINED_DEMO_NAMES, preflight, resolve_seed
-    from .tiny import RANDOM_DEMO_NAME
+    from ..pipeline.chunk_source import TRAINED_DEMO_NAMES, preflight, resolve_seed
+    from ..demo.tiny import RANDOM_DEMO_NAME
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
@@ -370,7 +370,7 @@ def _run(**options) -> None:
     sinks, run_options = prepare_stream(config, path, save_init_to=save_init_to, schedule=schedule, **stream)
     if demo_applied:  # only now: input refused above gets its one error line and nothing else
         logger.info("demo model settings (flags not given): %s", ", ".join(demo_applied))
-    from .runtime import run as run_stream
+    from ..runtime.loop import run as run_stream
 
     status = run_stream(config, sinks, run_options)
     if not stream["sinks"] and os.path.exists(path):
@@ -386,8 +386,8 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 
 def _add_subcommands() -> None:
-    from .control import control_command
-    from .zmq import subscribe_command
+    from ..control.server import control_command
+    from ..sinks.receiver import subscribe_command
 
     main.add_command(subscribe_command)
     main.add_command(control_command)

@@ -50,11 +50,11 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .chunk import Chunk
+from ..chunk import Chunk
 from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
-from .errors import CheckpointError, ConfigError
-from .prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
-from .sources import pixels_to_uint8, to_pixels
+from ..errors import CheckpointError, ConfigError
+from ..prompts.schedule import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
+from .first_frame import pixels_to_uint8, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
     """
     name = str(path_or_repo_id)
     if demo == "video" and name in ("demo", "demo-trained"):
-        from .demo_model import trained_demo_path
+        from ..demo.trained import trained_demo_path
 
         path = trained_demo_path()
         if path is None:
@@ -90,11 +90,11 @@ def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str 
                                   "(continuityseq_stream/data/demo); use 'demo-random' (random weights) or a model folder")
         return str(path)
     if demo == "video" and name == "demo-random":
-        from . import tiny
+        from ..demo import tiny
 
         return str(tiny.demo_model_path())
     if name == "demo" and demo in ("2d", "upscaler"):
-        from . import tiny
+        from ..demo import tiny
 
         return str({"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}[demo]())
     if os.path.isdir(name):
@@ -159,7 +159,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             raise ConfigError(f"ContinuitySeqPipeline.from_pretrained: unsupported argument(s) {sorted(kwargs)}")
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from .models import ContinuitySeqUNet
+        from ..models import ContinuitySeqUNet
 
         folder = resolve_pretrained_path(pretrained_model_name_or_path)
         missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]

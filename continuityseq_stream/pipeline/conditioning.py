@@ -14,7 +14,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ConditioningSelector", "UniformConditioning", "FixedConditioning", "clamp_k"]
 

@@ -7,7 +7,7 @@ received: a diagonal colour gradient that moves one step per frame, with the fra
 16 black/white blocks (most significant bit first) across the top rows. The blocks survive lossy
 H.264 at the default quality, so `decode_index` reads the index back from a decoded file frame.
 
-Used through the producer's source hook, e.g. `RuntimeOptions(source="continuityseq_stream.testing:
+Used through the producer's source hook, e.g. `RuntimeOptions(source="continuityseq_stream.demo.synthetic_source:
 synthetic_stream", source_kwargs={"delay": 0.05})`. Knobs, all explicit arguments:
     delay: seconds of simulated compute per chunk (time.sleep inside the generator, like a model).
     fail_after: raise RuntimeError("synthetic failure ...") instead of producing that chunk.
@@ -23,9 +23,9 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .chunk import Chunk
-from .config import GenerationConfig
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from ..chunk import Chunk
+from ..config import GenerationConfig
+from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
 
 __all__ = ["synthetic_frame", "synthetic_stream", "decode_index", "INDEX_BITS"]
 

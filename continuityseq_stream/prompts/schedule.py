@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ConfigError, ContinuitySeqError
-from .ipc import PipeLock
+from ..errors import ConfigError, ContinuitySeqError
+from ..ipc import PipeLock
 
 #: separator between a prompt and its negative prompt on one line of a prompt file
 NEGATIVE_SEPARATOR = "|"

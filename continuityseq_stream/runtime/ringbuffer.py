@@ -56,9 +56,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .chunk import FrameMeta
-from .errors import ConfigError, ContinuitySeqError
-from .ipc import PipeLock, PipeSemaphore
+from ..chunk import FrameMeta
+from ..errors import ConfigError, ContinuitySeqError
+from ..ipc import PipeLock, PipeSemaphore
 
 __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
            "ring_bytes"]

@@ -67,13 +67,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, TextIO, Union
 
-from .config import GenerationConfig
-from .control import ControlServer, LiveController, check_control_address
-from .errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value
+from ..config import GenerationConfig
+from ..control.server import ControlServer, LiveController, check_control_address
+from ..errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
-from .sinks import Sink, StreamInfo, sink_from_uri
+from ..sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status
 
 __all__ = ["RuntimeOptions", "run", "build_sinks", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
@@ -664,7 +664,7 @@ class _Run:
 
 def _user_error(name: str, message: str) -> ContinuitySeqError:
     """The producer's ContinuitySeqError, rebuilt in this process (same class when it is one of ours)."""
-    from . import errors
+    from .. import errors
 
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, ContinuitySeqError)):

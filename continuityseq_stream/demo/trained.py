@@ -1,7 +1,7 @@
 """The trained demo model shipped inside the package, and what it needs to run well.
 
 `continuityseq_stream/data/demo/` is a complete diffusers-layout folder (fp16 safetensors, a few MB)
-written by `python -m continuityseq_stream.train`: a tiny ContinuitySeq-A UNet, VAE and CLIP text
+written by `python -m continuityseq_stream.demo.train`: a tiny ContinuitySeq-A UNet, VAE and CLIP text
 encoder trained on `synthetic` moving shapes at 32x32, 4 frames per chunk. It understands prompts
 of the synthetic grammar only ("a red circle moving left on a gray background").
 
@@ -27,7 +27,7 @@ from . import synthetic
 __all__ = ["TRAINED_DEMO_DIR", "DEMO_SETTINGS", "TRAINED_DEMO_LABEL", "EXAMPLE_PROMPTS", "trained_demo_path",
            "demo_model_path", "demo_init_frame", "demo_training_info"]
 
-TRAINED_DEMO_DIR = Path(__file__).parent / "data" / "demo"
+TRAINED_DEMO_DIR = Path(__file__).parent.parent / "data" / "demo"
 _PARTS = ("model_index.json", "scheduler", "tokenizer", "text_encoder", "vae", "unet")
 
 #: settings the demo model was trained for / evaluated with (pipeline.stream keyword names)

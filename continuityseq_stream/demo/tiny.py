@@ -133,7 +133,7 @@ def make_vae():
 
 def make_unet(**overrides):
     """Tiny ContinuitySeq-A (A-prev layout) UNet; cross_attention_dim = the tiny text width."""
-    from .models import ContinuitySeqUNet
+    from ..models import ContinuitySeqUNet
 
     return ContinuitySeqUNet(**{**TINY_UNET_CONFIG, **overrides}).eval()
 

@@ -9,7 +9,7 @@ The chunk source is an import path "module:function", called in the child as
 `Chunk`s. The last three are live control (prompts.py): the prompt file's `PromptSchedule` or None, the
 `UpdateChannel` the parent submits changes to (or None), and a callable that turns True once the
 producer is asked to stop (a source waiting while paused gives up then). The default is the real
-pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_stream.testing`.
+pipeline, `continuityseq_stream.pipeline.chunk_source:open_stream`; tests use `continuityseq_stream.demo.synthetic_source`.
 
 Protocol with the parent (`Producer` is the parent's handle):
     child -> parent, over a pipe (`ipc.MessagePipe`: no named semaphores, nothing for a SIGKILL to
@@ -45,16 +45,16 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Optional
 
-from .chunk import FrameMeta
-from .config import GenerationConfig
-from .errors import ConfigError, ContinuitySeqError
-from .ipc import MessagePipe
-from .prompts import PromptSchedule, UpdateChannel
+from ..chunk import FrameMeta
+from ..config import GenerationConfig
+from ..errors import ConfigError, ContinuitySeqError
+from ..ipc import MessagePipe
+from ..prompts.schedule import PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
-DEFAULT_SOURCE = "continuityseq_stream.session:open_stream"
+DEFAULT_SOURCE = "continuityseq_stream.pipeline.chunk_source:open_stream"
 _LIVE_KWARGS = ("schedule", "updates", "abort")  # passed to every source by the producer
 LOGGER = "continuityseq_stream"  # records of this logger in the child are re-emitted in the parent
 

@@ -38,8 +38,8 @@ from typing import Any, Callable, Mapping, Optional
 import click
 import zmq
 
-from .errors import ConfigError, ContinuitySeqError
-from .prompts import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
+from ..errors import ConfigError, ContinuitySeqError
+from ..prompts.schedule import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
                       validate_update)
 
 log = logging.getLogger(__name__)
@@ -572,5 +572,5 @@ def _send_raw(ctx: click.Context, message: str) -> None:
     _send(ctx, message)
 
 
-if __name__ == "__main__":  # python -m continuityseq_stream.control --address ... status
+if __name__ == "__main__":  # python -m continuityseq_stream.control.server --address ... status
     sys.exit(control_command(prog_name="continuityseq-stream control"))

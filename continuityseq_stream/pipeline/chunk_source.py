@@ -33,10 +33,10 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .chunk import Chunk
-from .config import GenerationConfig
-from .errors import ConfigError
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from ..chunk import Chunk
+from ..config import GenerationConfig
+from ..errors import ConfigError
+from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _upscaler_down_blocks(config: GenerationConfig) -> int:
     """Down blocks of the `--upscaler` UNet, from its `unet/config.json` (cheap: no weights are read);
     the SD x2 latent upscaler's 4 for the demo and when the file says nothing."""
     from .pipeline import resolve_pretrained_path
-    from .tiny import DEMO_NAME
+    from ..demo.tiny import DEMO_NAME
 
     if config.upscaler == DEMO_NAME:
         return _UPSCALER_DOWN_BLOCKS
@@ -148,7 +148,7 @@ def check_upscaler_size(config: GenerationConfig) -> None:
 def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
     """Pixels `[Fc, 3, H, W]` in [-1, 1] from -i or --init-video (cheap; checked before heavy work),
     or None when the text-to-image model must render them."""
-    from . import sources
+    from . import first_frame as sources
 
     if config.init_image is not None:
         return sources.load_init_image(config.init_image, config.height, config.width)
@@ -158,12 +158,12 @@ def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
 
 
 def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
-    from . import sources
+    from . import first_frame as sources
 
     if config.model in TRAINED_DEMO_NAMES:
         # the trained demo knows only synthetic moving shapes: its first frame is the shape the prompt
         # asks for, drawn by the same generator it was trained on (-MP is not used)
-        from .demo_model import demo_init_frame
+        from ..demo.trained import demo_init_frame
 
         logger.info("first frame drawn by the synthetic-shapes generator (%s)", TRAINED_DEMO_NAME)
         return sources.to_pixels(demo_init_frame(config.prompt, config.seed), config.height, config.width)
@@ -201,7 +201,7 @@ def preflight(config: GenerationConfig) -> None:
     also used on its own). The demo model is not built here.
     """
     from .pipeline import resolve_pretrained_path
-    from .tiny import DEMO_NAME, RANDOM_DEMO_NAME
+    from ..demo.tiny import DEMO_NAME, RANDOM_DEMO_NAME
 
     resolve_runtime(config)
     pixels = _init_pixels(config)
@@ -235,7 +235,7 @@ def open_stream(
     from .conditioning import UniformConditioning
     from .pipeline import ContinuitySeqPipeline, resolve_pretrained_path
 
-    from .tiny import DEMO_LABEL, DEMO_NAME, RANDOM_DEMO_NAME
+    from ..demo.tiny import DEMO_LABEL, DEMO_NAME, RANDOM_DEMO_NAME
 
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
@@ -244,7 +244,7 @@ def open_stream(
     check_upscaler_size(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
     if config.model in TRAINED_DEMO_NAMES:
-        from .demo_model import TRAINED_DEMO_LABEL
+        from ..demo.trained import TRAINED_DEMO_LABEL
 
         logger.info(TRAINED_DEMO_LABEL)
     if config.model == RANDOM_DEMO_NAME or DEMO_NAME in (
@@ -259,7 +259,7 @@ def open_stream(
             prompt=first.prompt, negative_prompt=config.negative_prompt if first.negative is None else first.negative),
             runtime)
     if config.save_init:
-        from .sources import save_init_image
+        from .first_frame import save_init_image
 
         path = save_init_to or os.path.join(config.output_dir, f"init_{config.seed}.png")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -272,7 +272,7 @@ def open_stream(
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
     upscaler = None
     if config.upscale:
-        from .sources import load_upscaler
+        from .first_frame import load_upscaler
 
         upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
         upscaler.set_progress_bar_config(disable=True)

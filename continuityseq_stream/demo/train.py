@@ -1,6 +1,6 @@
 """Train the demo model on synthetic motion: a tiny VAE, then a tiny ContinuitySeq-A UNet.
 
-    python -m continuityseq_stream.train --work /tmp/demo-train --out continuityseq_stream/data/demo
+    python -m continuityseq_stream.demo.train --work /tmp/demo-train --out continuityseq_stream/data/demo
 
 Three stages, each resumable from its last checkpoint in `--work` (re-run the same command):
 
@@ -180,7 +180,7 @@ def make_vae(cfg: TrainConfig):
 
 def make_unet(cfg: TrainConfig):
     """ContinuitySeq-A (A-prev) UNet; widths are multiples of 32 (temporal GroupNorm uses 32 groups)."""
-    from .models import ContinuitySeqUNet
+    from ..models import ContinuitySeqUNet
 
     n = len(cfg.unet_channels)
     return ContinuitySeqUNet(
@@ -504,7 +504,7 @@ def save_pipeline_folder(folder: Path, unet, vae, text_encoder, tokenizer, meta:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m continuityseq_stream.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m continuityseq_stream.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="checkpoints and cached latents (re-run to resume)")
     p.add_argument("--out", required=True, help="diffusers-layout output folder")
     p.add_argument("--seed", type=int, default=0)
