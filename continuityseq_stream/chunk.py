@@ -55,9 +55,19 @@ class Chunk:
         if isinstance(self.frames, np.ndarray):
             out[...] = self.frames[i]
         else:
-            from .pipeline.first_frame import pixels_to_uint8_into
-
             pixels_to_uint8_into(self.frames[i], out)
+
+
+def pixels_to_uint8_into(pixels: Any, out: np.ndarray) -> None:
+    """One frame tensor `[3, H, W]` in [-1, 1] -> `out` uint8 `[H, W, 3]`, as `pixels_to_uint8` rounds.
+
+    Duck-typed on the tensor's own methods so that this module (imported by the runtime and every
+    sink) never imports torch. The rounded floats are cast while numpy copies them into `out` (on a
+    CUDA device they become uint8 there first, so only one byte per channel crosses to the host)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
+    if x.device.type != "cpu":
+        x = x.byte().cpu()
+    np.copyto(out, x.permute(1, 2, 0).numpy(), casting="unsafe")
 
 
 @dataclass(frozen=True)

@@ -341,8 +341,8 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
 def _run(**options) -> None:
     """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
     _setup_logging()
-    from ..pipeline.chunk_source import TRAINED_DEMO_NAMES, preflight, resolve_seed
-    from ..demo.tiny import RANDOM_DEMO_NAME
+    from ..pipeline.chunk_source import preflight, resolve_seed
+    from ..pipeline.resolve import DEMO_NAME, demo_kind, is_trained_demo
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
@@ -353,11 +353,11 @@ def _run(**options) -> None:
             raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     if options["model_2d"] is None:  # the offline random demo pairs with the offline text-to-image demo
-        options["model_2d"] = "demo" if options["model"] == RANDOM_DEMO_NAME else DEFAULT_MODEL_2D
+        options["model_2d"] = DEMO_NAME if demo_kind(options["model"]) == "random" else DEFAULT_MODEL_2D
     # precedence of the size: -WI/-HI given > the init image's (video's) size > the demo's > defaults
     sized = _size_from_init(options)
     demo_applied = (_demo_defaults(options, skip=("width", "height") if sized else ())
-                    if options["model"] in TRAINED_DEMO_NAMES else [])
+                    if is_trained_demo(options["model"]) else [])
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     try:

@@ -35,17 +35,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEMO_NAME", "RANDOM_DEMO_NAME", "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
+    "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
     "make_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
     "get_dummy_components", "save_tiny_pipeline", "save_tiny_sd_pipeline", "save_tiny_upscaler",
     "demo_cache_dir", "demo_model_path", "demo_2d_model_path", "demo_upscaler_path", "DEMO_LABEL",
 ]
 
-#: the `--model-2d` / `--upscaler` value that selects their tiny random demo models
-DEMO_NAME = "demo"
-#: the `--model` value of the tiny random-weight ContinuitySeq (fast; what the tests use). `--model demo`
-#: is the trained demo that ships with the package (`demo_model.py`).
-RANDOM_DEMO_NAME = "demo-random"
 #: bump when the tiny architecture changes, so stale caches are rebuilt
 _DEMO_VERSION = "v1"
 DEMO_LABEL = (

@@ -37,6 +37,7 @@ from ..chunk import Chunk
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
+from .resolve import demo_kind, is_trained_demo, resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ __all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_se
 
 #: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
 #: ("demo-trained": the same, its name before it became the default demo)
-TRAINED_DEMO_NAME = "demo"
-TRAINED_DEMO_NAMES = ("demo", "demo-trained")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -108,12 +107,10 @@ _UPSCALER_DOWN_BLOCKS = 4
 def _upscaler_down_blocks(config: GenerationConfig) -> int:
     """Down blocks of the `--upscaler` UNet, from its `unet/config.json` (cheap: no weights are read);
     the SD x2 latent upscaler's 4 for the demo and when the file says nothing."""
-    from .pipeline import resolve_pretrained_path
-    from ..demo.tiny import DEMO_NAME
 
-    if config.upscaler == DEMO_NAME:
+    if demo_kind(config.upscaler, "upscaler"):
         return _UPSCALER_DOWN_BLOCKS
-    folder = resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
+    folder = resolve_pretrained_path(config.upscaler, demo="upscaler")
     try:
         with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
             blocks = len(json.load(f).get("down_block_types") or ())
@@ -160,12 +157,12 @@ def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
 def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
     from . import first_frame as sources
 
-    if config.model in TRAINED_DEMO_NAMES:
+    if is_trained_demo(config.model):
         # the trained demo knows only synthetic moving shapes: its first frame is the shape the prompt
         # asks for, drawn by the same generator it was trained on (-MP is not used)
         from ..demo.trained import demo_init_frame
 
-        logger.info("first frame drawn by the synthetic-shapes generator (%s)", TRAINED_DEMO_NAME)
+        logger.info("first frame drawn by the synthetic-shapes generator (%s)", config.model)
         return sources.to_pixels(demo_init_frame(config.prompt, config.seed), config.height, config.width)
     logger.info("rendering the init image with %s", config.model_2d)
     return sources.generate_init_image(
@@ -174,7 +171,7 @@ def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
         negative_prompt=config.negative_prompt, guidance_scale=config.image_guidance_scale,
         generator=torch.Generator("cpu").manual_seed(config.seed), device=runtime.device, dtype=runtime.dtype,
         # a real text-to-image model uses its own default number of steps; the demo one is noise anyway
-        num_inference_steps=config.num_steps if config.model_2d == "demo" else None,
+        num_inference_steps=config.num_steps if demo_kind(config.model_2d, "2d") else None,
     )
 
 
@@ -200,15 +197,13 @@ def preflight(config: GenerationConfig) -> None:
     `runtime.run` before the producer starts.) `open_stream` repeats them (it is
     also used on its own). The demo model is not built here.
     """
-    from .pipeline import resolve_pretrained_path
-    from ..demo.tiny import DEMO_NAME, RANDOM_DEMO_NAME
 
     resolve_runtime(config)
     pixels = _init_pixels(config)
-    if config.model != RANDOM_DEMO_NAME:  # (the random demo is built on first use, not here)
+    if demo_kind(config.model) != "random":  # (the random demo is built on first use, not here)
         resolve_pretrained_path(config.model)
-    if pixels is None and config.model not in TRAINED_DEMO_NAMES and config.model_2d != DEMO_NAME:
-        resolve_pretrained_path(config.model_2d, flag="-MP/--model-2d", demo="2d")
+    if pixels is None and not is_trained_demo(config.model) and not demo_kind(config.model_2d, "2d"):
+        resolve_pretrained_path(config.model_2d, demo="2d")
     check_upscaler_size(config)  # (also resolves a non-demo --upscaler)
 
 
@@ -233,9 +228,8 @@ def open_stream(
     The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts.py).
     """
     from .conditioning import UniformConditioning
-    from .pipeline import ContinuitySeqPipeline, resolve_pretrained_path
-
-    from ..demo.tiny import DEMO_LABEL, DEMO_NAME, RANDOM_DEMO_NAME
+    from ..demo.tiny import DEMO_LABEL
+    from .pipeline import ContinuitySeqPipeline
 
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
@@ -243,13 +237,13 @@ def open_stream(
     pixels = _init_pixels(config)
     check_upscaler_size(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
-    if config.model in TRAINED_DEMO_NAMES:
+    if is_trained_demo(config.model):
         from ..demo.trained import TRAINED_DEMO_LABEL
 
         logger.info(TRAINED_DEMO_LABEL)
-    if config.model == RANDOM_DEMO_NAME or DEMO_NAME in (
-            config.model_2d if pixels is None and config.model not in TRAINED_DEMO_NAMES else None,
-            config.upscaler if config.upscale else None):
+    draws_2d = pixels is None and not is_trained_demo(config.model)
+    if (demo_kind(config.model) == "random" or (draws_2d and demo_kind(config.model_2d, "2d"))
+            or (config.upscale and demo_kind(config.upscaler, "upscaler"))):
         logger.warning(DEMO_LABEL)
     logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)

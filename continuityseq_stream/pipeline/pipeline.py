@@ -55,12 +55,12 @@ from .conditioning import ConditioningSelector, FixedConditioning, UniformCondit
 from ..errors import CheckpointError, ConfigError
 from ..prompts.schedule import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
 from .first_frame import pixels_to_uint8, to_pixels
+from .resolve import resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput", "resolve_pretrained_path"]
+__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
 
 
@@ -68,54 +68,6 @@ def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) ->
     """The `random.Random` a selector draws from (a new one seeded from `generator` if it has none)."""
     rng = getattr(selector, "rng", None)
     return rng if isinstance(rng, random.Random) else random.Random(generator.initial_seed())
-
-
-def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
-    """A local folder, a demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
-
-    `demo` says what the name "demo" means: "video": the small ContinuitySeq trained on synthetic
-    moving shapes that ships inside the package (`demo_model.py`; "demo-trained" is the same);
-    "2d" / "upscaler": the tiny random text-to-image / x2 latent upscaler. "demo-random" (video) is
-    the tiny random-weight ContinuitySeq the tests use.
-    Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
-    path, or a hub id that is not cached while offline).
-    """
-    name = str(path_or_repo_id)
-    if demo == "video" and name in ("demo", "demo-trained"):
-        from ..demo.trained import trained_demo_path
-
-        path = trained_demo_path()
-        if path is None:
-            raise CheckpointError(f"{flag}: the trained demo weights are not in this installation "
-                                  "(continuityseq_stream/data/demo); use 'demo-random' (random weights) or a model folder")
-        return str(path)
-    if demo == "video" and name == "demo-random":
-        from ..demo import tiny
-
-        return str(tiny.demo_model_path())
-    if name == "demo" and demo in ("2d", "upscaler"):
-        from ..demo import tiny
-
-        return str({"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}[demo]())
-    if os.path.isdir(name):
-        return name
-    if os.path.exists(name):
-        raise CheckpointError(f"{flag}: {name!r} is a file; pass a diffusers-layout model folder or a hub id")
-    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
-        raise CheckpointError(
-            f"{flag}: {name!r} does not exist; pass a local diffusers-layout folder, a hub id such as "
-            "b-f/ContinuitySeq-A, or 'demo'"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name)
-    except Exception as e:  # offline, unknown repo, no network: all mean "cannot get it"
-        reason = type(e).__name__
-        raise CheckpointError(
-            f"{flag}: cannot get {name!r} from the Hugging Face hub ({reason}); "
-            f"pass a local folder (e.g. one made with `hf download {name} --local-dir DIR`) or 'demo'"
-        ) from None
 
 
 @dataclass
@@ -165,9 +117,9 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]
         if missing:
             raise CheckpointError(
-                f"-m/--model: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
-                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/"
-            )
+                f"{{model}}: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
+                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/",
+                names=("model",))
 
         def load(name: str, fn):
             try:
@@ -176,8 +128,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
                 raise
             except Exception as e:
                 raise CheckpointError(
-                    f"-m/--model: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    f"{{model}}: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", names=("model",)
                 ) from None
 
         dtype = torch_dtype or torch.float32
