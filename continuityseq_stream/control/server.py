@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Optional
 import click
 import zmq
 
-from ..errors import ConfigError, ContinuitySeqError
+from ..errors import ConfigError, ContinuitySeqError, ControlError  # noqa: F401 (ControlError re-exported)
 from ..prompts.schedule import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
                       validate_update)
 
@@ -49,14 +49,6 @@ DEFAULT_CONTROL_ADDRESS = "tcp://127.0.0.1:5557"
 MAX_REQUEST_BYTES = 64 * 1024
 #: requests larger than this are dropped by ZeroMQ without being read (the client times out)
 DROP_REQUEST_BYTES = 1024 * 1024
-
-
-class ControlError(ContinuitySeqError):
-    """A control request failed: no answer in time, or the server answered with an error."""
-
-    def __init__(self, message: str, response: Optional[dict] = None) -> None:
-        super().__init__(message)
-        self.response = response
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Used through the producer's source hook, e.g. `RuntimeOptions(source="continuity
 synthetic_stream", source_kwargs={"delay": 0.05})`. Knobs, all explicit arguments:
     delay: seconds of simulated compute per chunk (time.sleep inside the generator, like a model).
     fail_after: raise RuntimeError("synthetic failure ...") instead of producing that chunk.
+    fail_as_config: with `fail_after`, raise a ConfigError naming `guidance_scale` instead (a user
+        error raised in the producer process, as a bad setting found there would be).
 Like the real source it takes the live-control arguments `schedule`, `updates` and `abort` (see
 prompts.py): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
 pause/stop work at chunk boundaries; the pixels do not depend on the prompt.
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..chunk import Chunk
 from ..config import GenerationConfig
+from ..errors import bad_value
 from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
 
 __all__ = ["synthetic_frame", "synthetic_stream", "decode_index", "INDEX_BITS"]
@@ -65,7 +68,7 @@ def decode_index(frame: np.ndarray) -> int:
 
 def synthetic_stream(
     config: GenerationConfig, *, delay: float = 0.0, fail_after: Optional[int] = None,
-    schedule: Optional[PromptSchedule] = None, updates: Optional[UpdateChannel] = None,
+    fail_as_config: bool = False, schedule: Optional[PromptSchedule] = None, updates: Optional[UpdateChannel] = None,
     abort: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Chunk]:
     """Chunks of deterministic moving-pattern frames (see the module docstring)."""
@@ -76,6 +79,8 @@ def synthetic_stream(
         settings = live.next_chunk(n, n * f / config.fps, channel=updates, abort=abort)
         if settings is None:
             return
+        if fail_after is not None and n >= fail_after and fail_as_config:
+            raise bad_value("guidance_scale", config.guidance_scale, f"synthetic failure before chunk {n}")
         if fail_after is not None and n >= fail_after:
             raise RuntimeError(f"synthetic failure before chunk {n}")
         if delay:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import ConfigError, ContinuitySeqError
+from ..errors import ChannelError, ConfigError, ContinuitySeqError, UpdateError  # noqa: F401 (re-exported)
 from ..ipc import PipeLock
 
 #: separator between a prompt and its negative prompt on one line of a prompt file
@@ -588,14 +588,6 @@ class PromptSchedule:
 # ------------------------------------------------------------------------------------------------
 # live updates
 # ------------------------------------------------------------------------------------------------
-class UpdateError(ConfigError):
-    """A live update has a bad field; `field` names it (None when the message as a whole is wrong)."""
-
-    def __init__(self, message: str, field: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 #: commands that change per-chunk settings -> {field: required?}
 SETTINGS_COMMANDS = {
     "set_prompt": {"prompt": True, "transition": False, "negative_prompt": False},
@@ -1014,10 +1006,6 @@ class LiveSettings:
         settings = self.settings_for_chunk(chunk, start_time)
         self.forget_before(chunk)
         return settings
-
-
-class ChannelError(ContinuitySeqError):
-    """The update channel between the runtime and the producer broke (e.g. the other side died)."""
 
 
 class UpdateChannel:

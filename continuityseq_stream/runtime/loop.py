@@ -69,7 +69,7 @@ from typing import Any, Iterable, Mapping, Optional, TextIO, Union
 
 from ..config import GenerationConfig
 from ..control.server import ControlServer, LiveController, check_control_address
-from ..errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value
+from ..errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value, rebuild_error
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
 from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
@@ -360,7 +360,8 @@ class _Run:
         self.runners: list[_SinkRunner] = []
         self.started = time.monotonic()
         self.first_frame_at: Optional[float] = None
-        self.producer_error: Optional[tuple[str, str, bool]] = None
+        # (class name, message, unexpected, template, names) of the producer's error
+        self.producer_error: Optional[tuple[str, str, bool, str, tuple]] = None
         self.producer_finished = False
         self.last_status = time.monotonic()
         self.abandon = False  # the producer was told to stop now (not only at the next chunk boundary)
@@ -425,7 +426,8 @@ class _Run:
         finally:
             self._teardown()
         if self.producer_error is not None and not self.producer_error[2] and not self.force.is_set():
-            raise _user_error(*self.producer_error[:2])
+            name, _, _, template, names = self.producer_error
+            raise rebuild_error(name, template, names)
         return self._exit_code()
 
     def _loop(self) -> None:
@@ -487,8 +489,8 @@ class _Run:
             _, name, level, message = event
             logging.getLogger(name).log(level, "%s", message)
         elif kind == "error":
-            _, name, message, unexpected = event
-            self.producer_error = (name, message, bool(unexpected))
+            _, name, message, unexpected, template, names = event
+            self.producer_error = (name, message, bool(unexpected), template, tuple(names))
             if unexpected:  # a ContinuitySeqError is raised by `run` after teardown instead
                 self.log(f"producer failed: {name}: {' '.join(message.split())}")
 
@@ -501,7 +503,7 @@ class _Run:
                 self._on_event(event)
         if not (self.producer_finished or self.producer_error):
             code = self.producer.exitcode
-            self.producer_error = ("ProducerDied", f"exit code {code}", True)
+            self.producer_error = ("ProducerDied", f"exit code {code}", True, f"exit code {code}", ())
             self.log(f"producer process died unexpectedly (exit code {code})")
 
     # -- live control ----------------------------------------------------------------------------
@@ -655,21 +657,11 @@ class _Run:
         if self.force.is_set():
             return EXIT_FORCED
         if self.producer_error is not None:
-            _, _, unexpected = self.producer_error
+            unexpected = self.producer_error[2]
             return EXIT_FAILED if unexpected else EXIT_ERROR
         if self.runners and all(r.state in ("failed", "detached") for r in self.runners):
             return EXIT_FAILED
         return EXIT_OK
-
-
-def _user_error(name: str, message: str) -> ContinuitySeqError:
-    """The producer's ContinuitySeqError, rebuilt in this process (same class when it is one of ours)."""
-    from .. import errors
-
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ContinuitySeqError)):
-        cls = ContinuitySeqError
-    return cls(message)
 
 
 def _duration_reached(duration: Optional[float], since: float, now: float) -> bool:

@@ -16,7 +16,8 @@ Protocol with the parent (`Producer` is the parent's handle):
         leave in /dev/shm): ("shape", height, width) once the first chunk is decoded; the parent
         then `allocate`s the ring and the child attaches to it and says ("attached",), upon which the
         parent unlinks the segment's name (nothing can leak, even after SIGKILL). ("done", chunks) at the end of the
-        source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
+        source; ("error", type name, message, unexpected, template, names) when it failed (the last two
+        let the parent rebuild the same error: `errors.rebuild_error`). Unexpected errors (anything
         but `ContinuitySeqError`) also print their traceback on the child's stderr.
     ("log", logger name, level, message) for each record of the "continuityseq_stream" loggers in
         the child; the parent re-emits them through its own logging (one log stream, on stderr).
@@ -47,7 +48,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from ..chunk import FrameMeta
 from ..config import GenerationConfig
-from ..errors import ConfigError, ContinuitySeqError
+from ..errors import ConfigError, ContinuitySeqError, error_state
 from ..ipc import MessagePipe
 from ..prompts.schedule import PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
@@ -325,11 +326,11 @@ def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_le
     try:
         child.run(source, source_kwargs, schedule, channel)
         events.send(("done", int(stats[_S_CHUNKS])))
-    except ContinuitySeqError as e:
-        events.send(("error", type(e).__name__, str(e), False))
+    except ContinuitySeqError as e:  # the class, template and names survive: the parent rebuilds it
+        events.send(("error", type(e).__name__, str(e), False, *error_state(e)[1:]))
     except BaseException as e:  # noqa: BLE001 - report everything to the parent, then exit non-zero
         traceback.print_exc(file=sys.stderr)
-        events.send(("error", type(e).__name__, str(e) or repr(e), True))
+        events.send(("error", type(e).__name__, str(e) or repr(e), True, *error_state(e)[1:]))
     finally:
         child.finish()
         if channel is not None:

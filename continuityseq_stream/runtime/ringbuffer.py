@@ -57,7 +57,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..errors import ConfigError, ContinuitySeqError
+from ..errors import ConfigError, ContinuitySeqError, ReaderRemoved, RingClosed, RingTimeout  # noqa: F401 (re-exported)
 from ..ipc import PipeLock, PipeSemaphore
 
 __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
@@ -75,18 +75,6 @@ _M_SEQ, _M_INDEX, _M_CHUNK, _M_PLEN, _M_FIELDS = 0, 1, 2, 3, 4
 
 _WAIT_SLICE = 0.5  # re-check state at least this often, even without a notification
 _KEPT_MAPPED: list = []  # segments left mapped because a frame view outlived the ring (see `_unmap`)
-
-
-class RingClosed(ContinuitySeqError):
-    """The ring was closed (end of stream) and holds nothing more for this reader / writer."""
-
-
-class ReaderRemoved(ContinuitySeqError):
-    """This reader was removed from the ring."""
-
-
-class RingTimeout(ContinuitySeqError):
-    """The ring's lock could not be taken in time (another process died holding it?)."""
 
 
 class ProcessEvent:
