@@ -26,7 +26,7 @@ from continuityseq_stream.control.server import (
     control_command,
 )
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.prompts.schedule import LiveSettings, UpdateChannel, UpdateError
+from continuityseq_stream.prompts import LiveSettings, UpdateChannel, UpdateError
 
 TIMEOUT = 5.0
 

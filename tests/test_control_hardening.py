@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from continuityseq_stream.control.server import ControlClient, ControlError, LiveController
-from continuityseq_stream.prompts.schedule import (
+from continuityseq_stream.prompts import (
     MAX_BLEND_PROMPTS,
     MAX_PROMPT_CHARS,
     MAX_QUEUED_UPDATES,

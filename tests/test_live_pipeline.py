@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.prompts.schedule import PromptSchedule, UpdateChannel
+from continuityseq_stream.prompts import PromptSchedule, UpdateChannel
 
 H = W = 32
 F = 4

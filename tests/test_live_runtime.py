@@ -17,7 +17,7 @@ import av
 import pytest
 
 from continuityseq_stream.control.server import ControlClient
-from continuityseq_stream.prompts.schedule import PromptSchedule
+from continuityseq_stream.prompts import PromptSchedule
 
 from servers import assert_no_children, free_port
 
@@ -27,7 +27,7 @@ PROMPTS = "a red fox\na city at night\n"
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.prompts.schedule import PromptSchedule
+from continuityseq_stream.prompts import PromptSchedule
 from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 schedule = PromptSchedule.from_file(a["prompts"], interval=2)

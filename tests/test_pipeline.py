@@ -19,7 +19,7 @@ from continuityseq_stream.chunk import Chunk
 from continuityseq_stream.pipeline.conditioning import FixedConditioning, UniformConditioning
 from continuityseq_stream.errors import CheckpointError, ConfigError
 import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
-from continuityseq_stream.prompts.schedule import LiveSettings, UpdateChannel
+from continuityseq_stream.prompts import LiveSettings, UpdateChannel
 from continuityseq_stream.pipeline.first_frame import to_pixels
 from continuityseq_stream.demo.tiny import save_tiny_pipeline
 

@@ -1,4 +1,4 @@
-"""Prompt files, schedules, embedding blends and live settings (continuityseq_stream.prompts.schedule)."""
+"""Prompt files, schedules, embedding blends and live settings (continuityseq_stream.prompts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.prompts.schedule import (
+from continuityseq_stream.prompts import (
     LiveSettings,
     PromptBlend,
     PromptBlender,

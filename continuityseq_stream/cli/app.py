@@ -249,7 +249,7 @@ PROMPT_OPTIONS = ("prompts_file", "prompts_interval", "loop_prompts")
 def schedule_from_options(options: dict):
     """--prompts-file/--prompts-interval/--loop-prompts -> a PromptSchedule or None (ConfigError when
     the file is bad or the other two come without it)."""
-    from ..prompts.schedule import PromptSchedule
+    from ..prompts import PromptSchedule
 
     path, interval, loop = (options[k] for k in PROMPT_OPTIONS)
     if path is None:

@@ -39,7 +39,7 @@ import click
 import zmq
 
 from ..errors import ConfigError, ContinuitySeqError, ControlError  # noqa: F401 (ControlError re-exported)
-from ..prompts.schedule import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
+from ..prompts import (MAX_BLEND_PROMPTS, MAX_PROMPT_CHARS, RUN_COMMANDS, LiveSettings, UpdateChannel, UpdateError,
                       validate_update)
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import numpy as np
 from ..chunk import Chunk
 from ..config import GenerationConfig
 from ..errors import bad_value
-from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 __all__ = ["synthetic_frame", "synthetic_stream", "decode_index", "INDEX_BITS"]
 

@@ -36,7 +36,7 @@ import torch
 from ..chunk import Chunk
 from ..config import GenerationConfig
 from ..errors import ConfigError
-from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
 from .resolve import demo_kind, is_trained_demo, resolve_pretrained_path
 
 logger = logging.getLogger(__name__)

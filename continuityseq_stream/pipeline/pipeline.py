@@ -53,7 +53,7 @@ from diffusers.utils import BaseOutput
 from ..chunk import Chunk
 from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
 from ..errors import CheckpointError, ConfigError
-from ..prompts.schedule import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
+from ..prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
 from .first_frame import pixels_to_uint8, to_pixels
 from .resolve import resolve_pretrained_path
 

@@ -71,7 +71,7 @@ from ..config import GenerationConfig
 from ..control.server import ControlServer, LiveController, check_control_address
 from ..errors import ConfigError, ContinuitySeqError, SinkEnded, SinkError, bad_value, rebuild_error
 from .producer import DEFAULT_SOURCE, Producer, check_source_spec
-from ..prompts.schedule import LiveSettings, PromptSchedule, UpdateChannel
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ReaderRemoved, RingClosed, RingTimeout, check_ring_memory
 from ..sinks import Sink, StreamInfo, sink_from_uri
 from .status import SinkStatus, format_status

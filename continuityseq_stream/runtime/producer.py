@@ -50,7 +50,7 @@ from ..chunk import FrameMeta
 from ..config import GenerationConfig
 from ..errors import ConfigError, ContinuitySeqError, error_state
 from ..ipc import MessagePipe
-from ..prompts.schedule import PromptSchedule, UpdateChannel
+from ..prompts import PromptSchedule, UpdateChannel
 from .ringbuffer import FrameRing, ProcessEvent, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
