@@ -46,8 +46,8 @@ def free_port() -> int:
 
 def cli_command(*, width: int, height: int, frames: int, steps: int, times: int, seed: int = 7,
                 guidance: float = 7.5, extra=()) -> list[str]:
-    """The real CLI (`python -m continuityseq_stream.cli.app`) on the tiny demo model."""
-    return [PYTHON, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "--model-2d", "demo",
+    """The real CLI (`python -m continuityseq_stream.cli`) on the tiny demo model."""
+    return [PYTHON, "-m", "continuityseq_stream.cli", "--model", "demo-random", "--model-2d", "demo",
             "--prompt", "a red ball bouncing", "-T", str(frames), "-WI", str(width), "-HI", str(height),
             "-s", str(steps), "-g", str(guidance), "-r", str(seed), "-t", str(times), "-f", "16", *extra]
 

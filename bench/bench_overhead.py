@@ -8,7 +8,7 @@ Method. Loading differs by design (the CLI starts a second Python process for th
 headline figure is measured from the first frame on: the steady-state time of chunks 1..N-1.
 - bare: a fresh process runs `session.open_stream(config)` (what the producer runs: same loading,
   same init image, same seed) and stamps the moment chunk 0 and chunk N-1 come out of the iterator.
-- CLI: a fresh `python -m continuityseq_stream.cli.app ... --sink file:X.mp4 --sink zmq+push://... --sink -`;
+- CLI: a fresh `python -m continuityseq_stream.cli ... --sink file:X.mp4 --sink zmq+push://... --sink -`;
   this script reads stdout (raw frames) and a ZeroMQ PULL socket, and stamps the arrival of the first
   frame and of the last frame (the later of the two sinks).
 overhead = CLI window / bare window - 1 (acceptance: < 5%). Runs alternate bare/CLI back to back.

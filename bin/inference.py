@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from continuityseq_stream.cli.app import main  # noqa: E402
+from continuityseq_stream.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main(["run", *sys.argv[1:]], prog_name="inference.py")

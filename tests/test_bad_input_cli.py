@@ -34,7 +34,7 @@ def _must_not_start(self, *args, **kwargs):
     os._exit(97)
 
 producer.Producer.start = _must_not_start
-from continuityseq_stream.cli.app import main
+from continuityseq_stream.cli import main
 main(sys.argv[2:], prog_name="continuityseq-stream")
 """
 

@@ -20,7 +20,7 @@ from continuityseq_stream.demo.trained import trained_demo_path
 def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
     out = tmp_path / "v.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo",
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo",
          "--prompt", "a red circle moving left on a gray background", "--times", "2", "-r", "0",
          "--sink", f"file:{out}"],
         capture_output=True, text=True, timeout=180)
@@ -43,7 +43,7 @@ def test_cli_demo_trained_draws_the_prompted_colour(tmp_path):
 def test_cli_demo_uses_the_models_settings_for_flags_not_given_and_keeps_those_given(tmp_path):
     out = tmp_path / "v.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo", "-p",
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo", "-p",
          "a yellow square moving right on a purple background", "-T", "3", "-s", "4", "--times", "2", "-r", "1",
          "--sink", f"file:{out}"],
         capture_output=True, text=True, timeout=180)

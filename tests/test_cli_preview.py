@@ -35,7 +35,7 @@ def test_preview_and_file_then_q_ends_the_run(tmp_path):
     with xserver:
         env = xserver.env(HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path.parent / "xdg-cache-preview"))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "-p", "preview test",
+            [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "-p", "preview test",
              "-WI", str(W), "-HI", str(H), "-T", "4", "-s", "2", "-r", "0", "--forever",
              "--sink", "preview", "--sink", f"file:{video}", "-o", str(tmp_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)

@@ -25,7 +25,7 @@ def _env(tmp_path: Path) -> dict:
 
 
 def run_cli(args, tmp_path, timeout=240):
-    return subprocess.run([sys.executable, "-m", "continuityseq_stream.cli.app", *BASE, *args, "-o", str(tmp_path)],
+    return subprocess.run([sys.executable, "-m", "continuityseq_stream.cli", *BASE, *args, "-o", str(tmp_path)],
                           capture_output=True, text=True, env=_env(tmp_path), timeout=timeout)
 
 
@@ -56,7 +56,7 @@ def test_cli_streams_to_nginx_rtmp_and_file(tmp_path):
 def test_cli_push_to_subscriber_process_every_frame_in_order(tmp_path):
     times, port = 2, free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli.app", "subscribe", endpoint, "--pull",
+    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli", "subscribe", endpoint, "--pull",
                             "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=_env(tmp_path))
     try:

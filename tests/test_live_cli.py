@@ -30,7 +30,7 @@ def _env(tmp_path):
 
 
 def cli(*args, tmp_path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli.app", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(tmp_path), start_new_session=True, **kw)
 
 

@@ -20,7 +20,7 @@ BASE = ["--model", "demo-random", "--model-2d", "demo", "--prompt", "a test", "-
 
 def start_cli(args, tmp_path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path.parent / "xdg-cache-runtime"))
-    return subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli.app", *BASE, *args, "-o", str(tmp_path)],
+    return subprocess.Popen([sys.executable, "-m", "continuityseq_stream.cli", *BASE, *args, "-o", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
 
 

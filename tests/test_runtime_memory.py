@@ -58,7 +58,7 @@ def test_cli_forever_on_the_demo_model_has_flat_rss_in_both_processes(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                XDG_CACHE_HOME=str(tmp_path.parent / "xdg-cache-memory"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "-p", "memory", "-WI", str(w),
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "-p", "memory", "-WI", str(w),
          "-HI", str(h), "-T", str(frames_per_chunk), "-s", "1", "-r", "0", "--forever",
          "--sink", "-", "--sink", f"file:{tmp_path / 'out.mp4'}", "-o", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)

@@ -321,7 +321,7 @@ def test_zmq_sink_loopback_and_connect_need_no_flag():
 @pytest.mark.slow
 def test_cli_refuses_a_wildcard_zmq_bind_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "--model-2d", "demo",
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "--model-2d", "demo",
          "-p", "x", "-T", "2", "-WI", "64", "-HI", "64", "-s", "1", "--sink", "zmq+pub://*:5555", "-o", str(tmp_path)],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 2, proc.stderr
@@ -344,7 +344,7 @@ def test_sink_timeout_must_be_finite_and_positive(bad):
 @pytest.mark.slow
 def test_cli_bad_sink_timeout_is_one_line_and_status_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "continuityseq_stream.cli.app", "--model", "demo-random", "--model-2d", "demo",
+        [sys.executable, "-m", "continuityseq_stream.cli", "--model", "demo-random", "--model-2d", "demo",
          "-p", "x", "-T", "2", "-WI", "64", "-HI", "64", "-s", "1", "--sink-timeout", "0", "-o", str(tmp_path)],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 2, proc.stderr

@@ -338,9 +338,9 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
     return applied
 
 
-def _run(**options) -> None:
-    """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
-    _setup_logging()
+def build_run_config(options: dict):
+    """The `run` flags' values -> (GenerationConfig, PromptSchedule or None, the STREAM_OPTIONS values,
+    the demo settings applied), after the preflight checks; bad input raises. Shared with `serve`."""
     from ..pipeline.chunk_source import preflight, resolve_seed
     from ..pipeline.resolve import DEMO_NAME, demo_kind, is_trained_demo
 
@@ -360,6 +360,13 @@ def _run(**options) -> None:
                     if is_trained_demo(options["model"]) else [])
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
+    return config, schedule, stream, demo_applied
+
+
+def _run(**options) -> None:
+    """Generate video with the original inference.py flags; writes <output-dir>/<prompt>_<id>.mp4."""
+    _setup_logging()
+    config, schedule, stream, demo_applied = build_run_config(options)
     try:
         os.makedirs(config.output_dir, exist_ok=True)
     except OSError as e:
@@ -387,10 +394,12 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 def _add_subcommands() -> None:
     from ..control.server import control_command
+    from ..service.command import make_serve_command
     from ..sinks.receiver import subscribe_command
 
     main.add_command(subscribe_command)
     main.add_command(control_command)
+    main.add_command(make_serve_command(RUN_OPTIONS, build_run_config, _setup_logging))
 
 
 _add_subcommands()
