@@ -52,7 +52,7 @@ from diffusers.utils import BaseOutput
 
 from ..chunk import Chunk
 from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, bad_value
 from ..prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
 from .first_frame import pixels_to_uint8, to_pixels
 from .resolve import resolve_pretrained_path
@@ -62,6 +62,49 @@ logger = logging.getLogger(__name__)
 __all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput"]
 
 COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
+
+
+@dataclass(frozen=True)
+class _ChunkRecipe:
+    """What stays the same for every chunk of one `stream()`: how a chunk is made from its
+    conditioning, embeddings and settings (`_next_chunk`)."""
+
+    num_frames: int
+    num_inference_steps: int
+    generator: torch.Generator
+    vae_batch_size: int
+    vae_scale: Optional[float]
+    upscaler: Any
+    upscaler_steps: int
+    output_type: str
+
+
+def _check_stream_args(output_type: str, times: Optional[int], num_frames: Any, fps: Any) -> None:
+    """ConfigError for a `stream()` argument that cannot work (before any model work)."""
+    if output_type not in ("np", "pt"):
+        raise ConfigError(f"output_type: got {output_type!r}; use 'np' (uint8 frames) or 'pt' (float pixels)")
+    if times is not None and times < 1:
+        raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise bad_value("num_frames", num_frames, "use a number of frames per chunk >= 1")
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+        raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
+
+
+def _follow_settings(settings: ChunkSettings, selector: ConditioningSelector, selector_range: Tuple[int, int],
+                     generator: torch.Generator) -> Tuple[ConditioningSelector, Tuple[int, int]]:
+    """The selector (and its CN/CX range) for this chunk: a live CN/CX change replaces it by a uniform
+    one over the new range (drawing from the same `rng`); a live set_seed re-seeds the generator and
+    that `rng`."""
+    wanted = (settings.min_conditioning_frames, settings.max_conditioning_frames)
+    if wanted != selector_range:
+        selector, selector_range = UniformConditioning(*wanted, _selector_rng(selector, generator)), wanted
+    if settings.reseed:
+        generator.manual_seed(settings.seed)
+        rng = getattr(selector, "rng", None)
+        if isinstance(rng, random.Random):
+            rng.seed(settings.seed)
+    return selector, selector_range
 
 
 def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) -> random.Random:
@@ -330,23 +373,16 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         output_type: "np" (Chunk.frames uint8 `[F, H, W, 3]`) or "pt" (the decoded float pixels
             `[F, 3, H, W]` on the model's device; `Chunk.write_frame` converts them where they go).
         """
-        if output_type not in ("np", "pt"):
-            raise ConfigError(f"output_type: got {output_type!r}; use 'np' (uint8 frames) or 'pt' (float pixels)")
+        _check_stream_args(output_type, times, num_frames, fps)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
-        if times is not None and times < 1:
-            raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ConfigError(f"-T/--num-frames: got {num_frames!r}; use a number of frames per chunk >= 1")
-        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-            raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
         live = self._live_settings(prompt, negative_prompt, guidance_scale, selector, generator)
         if live.schedule is not None and live.schedule.timed and fps is None:
             raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
-        cn, cx = live.conditioning_range
-        selector = selector or UniformConditioning(cn, cx, random.Random(generator.initial_seed()))
-        selector_range = (cn, cx)
-
+        selector_range = live.conditioning_range
+        selector = selector or UniformConditioning(*selector_range, random.Random(generator.initial_seed()))
+        recipe = _ChunkRecipe(num_frames, num_inference_steps, generator, vae_batch_size, vae_scale, upscaler,
+                              upscaler_steps or num_inference_steps, output_type)
         conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
         blender = PromptBlender(self._encode_text)
         embeds_for: dict = {}  # the last blend's embeddings (one entry)
@@ -355,19 +391,9 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             settings = live.next_chunk(index, first_frame / fps if fps else None, channel=updates, abort=abort)
             if settings is None:
                 return  # stopped through `updates`
-            if (settings.min_conditioning_frames, settings.max_conditioning_frames) != selector_range:
-                selector_range = (settings.min_conditioning_frames, settings.max_conditioning_frames)
-                selector = UniformConditioning(*selector_range, _selector_rng(selector, generator))
-            if settings.reseed:
-                generator.manual_seed(settings.seed)
-                rng = getattr(selector, "rng", None)
-                if isinstance(rng, random.Random):
-                    rng.seed(settings.seed)
+            selector, selector_range = _follow_settings(settings, selector, selector_range, generator)
             embeds = self._chunk_embeds(blender, settings, embeds_for)
-            frames, conditioning, used = self._next_chunk(
-                conditioning, embeds, settings, num_inference_steps, num_frames, index, selector, generator,
-                vae_batch_size, vae_scale, upscaler, upscaler_steps, output_type,
-            )
+            frames, conditioning, used = self._next_chunk(conditioning, embeds, settings, index, selector, recipe)
             yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=settings.prompt)
             index += 1
             first_frame += frames.shape[0]
@@ -425,27 +451,28 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             else:
                 arr = np.asarray(image if not isinstance(image, (list, tuple)) else image[0])
                 height, width = arr.shape[-3:-1]
-        for name, v in (("-HI/--height", height), ("-WI/--width", width)):
+        for name, v in (("height", height), ("width", width)):
             if int(v) % self.vae_scale_factor or int(v) < self.vae_scale_factor:
-                raise ConfigError(f"{name}: got {v}; use a positive multiple of {self.vae_scale_factor}")
+                raise bad_value(name, v, f"use a positive multiple of {self.vae_scale_factor}")
         pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
-    def _next_chunk(self, conditioning, prompt_embeds, settings, num_inference_steps, num_frames, index, selector,
-                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=None, output_type="np"):
+    def _next_chunk(self, conditioning: torch.Tensor, prompt_embeds: torch.Tensor, settings: ChunkSettings,
+                    index: int, selector: ConditioningSelector, recipe: "_ChunkRecipe"):
         """Denoise + pick the next conditioning + decode. Returns (frames, next conditioning, k used);
         frames are uint8 `[F, H, W, 3]`, or the float pixels for `output_type="pt"`.
 
         Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
+        r = recipe
         latents = self.denoise_chunk(
-            conditioning, prompt_embeds, num_frames, num_inference_steps, settings.guidance_scale, generator)
-        k = clamp_k(selector.next_k(index, num_frames), num_frames)
+            conditioning, prompt_embeds, r.num_frames, r.num_inference_steps, settings.guidance_scale, r.generator)
+        k = clamp_k(selector.next_k(index, r.num_frames), r.num_frames)
         next_conditioning = latents[:, :, -k:].clone()
-        if upscaler is not None:
-            latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator,
-                                           upscaler_steps or num_inference_steps, report=index == 0)
-        pixels = self.decode_latents(latents, vae_batch_size, vae_scale)
-        frames = pixels if output_type == "pt" else self.to_uint8(pixels)
+        if r.upscaler is not None:
+            latents = self.upscale_latents(latents, r.upscaler, settings.blend.dominant, r.generator,
+                                           r.upscaler_steps, report=index == 0)
+        pixels = self.decode_latents(latents, r.vae_batch_size, r.vae_scale)
+        frames = pixels if r.output_type == "pt" else self.to_uint8(pixels)
         return frames, next_conditioning, int(conditioning.shape[2])
 
     # -- diffusers convention -------------------------------------------------------------------
