@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 

@@ -57,7 +57,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..errors import ConfigError, ContinuitySeqError, ReaderRemoved, RingClosed, RingTimeout  # noqa: F401 (re-exported)
+from ..errors import ConfigError, ReaderRemoved, RingClosed, RingTimeout  # noqa: F401 (re-exported)
 from ..ipc import PipeLock, PipeSemaphore
 
 __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
