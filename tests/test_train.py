@@ -173,10 +173,8 @@ def test_demo_init_frame_draws_the_prompt():
     assert demo_model.demo_init_frame("free text", seed=3).shape == (32, 32, 3)
 
 
-def test_demo_model_path_falls_back_to_the_random_tiny_model(monkeypatch, tmp_path):
-    from continuityseq_stream.demo import tiny, trained as demo_model
+def test_the_trained_demo_is_absent_without_its_weights(monkeypatch, tmp_path):
+    from continuityseq_stream.demo import trained as demo_model
 
     monkeypatch.setattr(demo_model, "TRAINED_DEMO_DIR", tmp_path / "absent")
-    monkeypatch.setattr(tiny, "demo_model_path", lambda: tmp_path / "tiny")
     assert demo_model.trained_demo_path() is None
-    assert demo_model.demo_model_path() == tmp_path / "tiny"

@@ -363,6 +363,7 @@ class LiveController:
                 f"wait until a transition completes, or send transition 0 to switch at once", "transition")
 
     def stop(self) -> dict:
+        """The control `stop`: no chunk starts after the one in progress; answers the chunk it applies at."""
         return {"applies_at_chunk": self.channel.stop()}
 
     def status_fields(self, chunk: Optional[int] = None, start_time: Optional[float] = None) -> dict:

@@ -39,7 +39,7 @@ class LiveControl:
         return answer
 
     def _on_stop(self) -> dict:
-        at = self.channel.stop()
+        at = self.controller.stop()["applies_at_chunk"]
         self.request_stop("control", finish_chunk=True)
         self.log(f"control: stop; chunk {at} and later will not be made, the sinks finish their files")
         return {"applies_at_chunk": at}
