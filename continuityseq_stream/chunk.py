@@ -1,7 +1,7 @@
 """What flows from the generator to the sinks: decoded chunks and per-frame metadata.
 
 Frame indices and presentation timestamps are assigned once, where frames are produced; sinks
-never invent them (DESIGN.md, data flow).
+never invent them (docs/architecture.md, the data flow).
 """
 
 from __future__ import annotations

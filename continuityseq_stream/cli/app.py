@@ -10,11 +10,11 @@ bottom or in the module that defines it, imported here).
 
 `run` takes every flag of the original `inference.py` (short and long names as the original;
 underscore and hyphen spellings both accepted) and writes an H.264 mp4 while chunks arrive. The
-loop that moves chunks to the output is `runtime.run` (producer process, ring buffer, several
-sinks); `prepare_stream()` builds its sinks and options first and `run_loop()` does both.
+loop that moves chunks to the output is `runtime.loop.run` (producer process, ring buffer, several
+sinks); `prepare_stream()` builds its sinks and options first, so that bad input fails before it.
 
 Bad input is refused before anything starts, in this order: flag values (`GenerationConfig`),
-`session.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
+`pipeline.chunk_source.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
 options, the frame ring's shared memory, every --sink). Library errors name arguments; `flag_for`
 spells them as this command's flags (see errors.py).
 
@@ -140,15 +140,6 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
     return build_sinks(sinks), options
 
 
-def run_loop(config: GenerationConfig, output_path: str, **stream) -> int:
-    """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
-    and return the exit status; `stream` as `prepare_stream`."""
-    from ..runtime.loop import run
-
-    sinks, options = prepare_stream(config, output_path, **stream)
-    return run(config, sinks, options)
-
-
 # -- the `run` command ---------------------------------------------------------------------------
 def _names(short: Optional[str], long: str, *more: str) -> list[str]:
     """Short name, the long name, and its other spelling (hyphens <-> underscores)."""
@@ -219,7 +210,7 @@ RUN_OPTIONS = [
               "and its gamma 0.98 per frame and channel (darker: white becomes 228). See docs/differences.md."),
     _opt(None, "--compile", "compile", is_flag=True,
          help="torch.compile the UNet: the first chunk waits for the compilation (minutes), later steps run faster."),
-    # streaming (runtime.py)
+    # streaming (runtime/)
     _opt(None, "--sink", "sinks", multiple=True, metavar="URI",
          help="Where frames go, repeatable: file:PATH, rtmp://..., ffmpeg:URL, zmq+pub://HOST:PORT, "
               "zmq+push://HOST:PORT, preview, - (raw rgb24 on stdout). Default: the mp4 in --output-dir."),
@@ -230,7 +221,7 @@ RUN_OPTIONS = [
     _opt(None, "--sink-timeout", "sink_timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
          help="A sink stuck this long in one write (a server that never answers, a reader that stopped) is "
               "detached and the others go on; RTMP/ffmpeg sinks restart their ffmpeg instead."),
-    # prompt schedules and live control (prompts.py, control.py)
+    # prompt schedules and live control (prompts/, control/)
     _opt(None, "--prompts-file", "prompts_file", default=None, metavar="FILE",
          help="One prompt per line (optional 'PROMPT | NEGATIVE', optional mm:ss stamps); overrides -p."),
     _opt(None, "--prompts-interval", "prompts_interval", type=int, default=None, metavar="N",

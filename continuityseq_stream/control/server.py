@@ -12,7 +12,7 @@ Protocol (one JSON object per request, one per answer, UTF-8, at most 64 KiB):
 Answers are `{"ok": true, "command": ..., ...}` — changes carry `"applies_at_chunk": k` — or
 `{"ok": false, "error": "<one line>", "field": "<field or null>"}`. Every request gets an answer: a bad
 one (malformed, nested too deeply, absurd values, too large, a failing handler...) gets an error answer,
-never leaves the server loop and never reaches the run. Limits (prompts.py, docs/reliability-control.md):
+never leaves the server loop and never reaches the run. Limits (prompts/updates.py, docs/reliability-control.md):
 prompts of at most `MAX_PROMPT_CHARS` characters, at most `MAX_QUEUED_UPDATES` changes waiting for the
 next chunk, requests of at most `MAX_REQUEST_BYTES` (larger ones up to `DROP_REQUEST_BYTES` get an error
 answer; beyond that ZeroMQ drops the connection unread, so memory stays bounded).

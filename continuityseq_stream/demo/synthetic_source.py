@@ -1,6 +1,6 @@
 """A synthetic chunk source for tests and benchmarks of the streaming runtime (no model needed).
 
-`synthetic_stream(config)` yields `Chunk`s like `session.open_stream` does: `config.times` chunks of
+`synthetic_stream(config)` yields `Chunk`s like `pipeline.chunk_source.open_stream` does: `config.times` chunks of
 `config.num_frames` frames of `config.height` x `config.width` (or forever when `times` is 0). Every
 frame is a pure function of its global index, so a test can recompute what any sink should have
 received: a diagonal colour gradient that moves one step per frame, with the frame index written as
@@ -14,7 +14,7 @@ synthetic_stream", source_kwargs={"delay": 0.05})`. Knobs, all explicit argument
     fail_as_config: with `fail_after`, raise a ConfigError naming `guidance_scale` instead (a user
         error raised in the producer process, as a bad setting found there would be).
 Like the real source it takes the live-control arguments `schedule`, `updates` and `abort` (see
-prompts.py): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
+prompts/): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
 pause/stop work at chunk boundaries; the pixels do not depend on the prompt.
 """
 

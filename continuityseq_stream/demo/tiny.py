@@ -15,7 +15,7 @@ output looks like coloured noise.
 
 Scheduler: ModelScope's text-to-video DDIM config (scaled-linear betas 0.00085 -> 0.012, 1000 train
 steps, epsilon prediction, clip_sample False, set_alpha_to_one False, steps_offset 1). The real
-checkpoint's scheduler config was not seen; this is *assumed* (ARCHITECTURE.md §10).
+checkpoint's scheduler config was not seen; this is *assumed* (tests/golden/ARCHITECTURE.md §10).
 
 Seeding uses `torch.random.fork_rng`, so building a tiny model leaves the global RNG untouched.
 """
@@ -90,7 +90,7 @@ def make_tokenizer(max_length: int = 77):
     """A CLIP tokenizer with a byte-level vocabulary (every prompt tokenizes; no merges).
 
     Built with `CLIPTokenizer(vocab=dict, merges=list)`: in transformers 5 the `vocab_file=` form
-    silently yields a 2-token vocabulary (PITFALLS.md).
+    silently yields a 2-token vocabulary (transformers 5 ignores the files).
     """
     from transformers import CLIPTokenizer
 
@@ -116,7 +116,7 @@ def make_text_encoder(vocab_size: int, hidden_size: int = TINY_TEXT_DIM):
 
 
 def make_vae():
-    """Tiny AutoencoderKL with 4 down blocks: the 8x spatial factor of SD VAEs (PITFALLS.md)."""
+    """Tiny AutoencoderKL with 4 down blocks: the 8x spatial factor of SD VAEs (two blocks give only 2x)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(

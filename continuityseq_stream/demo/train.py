@@ -7,7 +7,7 @@ Three stages, each resumable from its last checkpoint in `--work` (re-run the sa
 1. **VAE** (`AutoencoderKL`, 4 down blocks = the 8x factor of SD VAEs): reconstruction (L1 + MSE) of
    the posterior mean plus a small KL term on single frames of `synthetic.make_clips`. Its `scaling_factor` is set to
    1 / std of the training latents (the role 0.18215 plays for SD).
-2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (ARCHITECTURE.md §9): clips of
+2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (tests/golden/ARCHITECTURE.md §9): clips of
    `max_cond + frames` latent frames; per batch k is uniform in [1, max_cond]; the k frames before the
    target window are the clean conditioning, the following `frames` frames are noised with the
    ModelScope DDIM schedule (scaled-linear 0.00085 -> 0.012, 1000 steps) and the UNet predicts the

@@ -34,7 +34,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # ---------------------------------------------------------------------------------------------- detection
 def detect_variant(keys: Iterable[str]) -> str:
-    """Variant of a state dict from its key names alone (ARCHITECTURE.md §8.1).
+    """Variant of a state dict from its key names alone (tests/golden/ARCHITECTURE.md §8.1).
 
     Raises `CheckpointError` when the keys belong to no ContinuitySeq UNet variant.
     """

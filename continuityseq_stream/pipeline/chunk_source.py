@@ -13,7 +13,7 @@ The one entry point the CLI and the producer process share. It
    policy (k uniform in [CN, CX]) with a `random.Random(seed)`, and a CPU `torch.Generator(seed)`
    for all noise;
 5. yields `Chunk`s, `times` of them (0 = forever), each with the settings `LiveSettings` gives it
-   (the config's values < a prompt file's schedule < live updates; see prompts.py); with
+   (the config's values < a prompt file's schedule < live updates; see prompts/live.py); with
    `--original-postprocess` their frames get the original's truncation, CLAHE and gamma.
 
 Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError`s.
@@ -225,7 +225,7 @@ def open_stream(
     updates: an `UpdateChannel` carrying live changes (control socket); they apply at chunk boundaries.
     abort: checked while paused; True ends the stream (the producer is stopping).
     output_type: as `pipe.stream` ("pt": float pixels, which the producer converts into its ring slots).
-    The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts.py).
+    The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts/live.py).
     """
     from .conditioning import UniformConditioning
     from ..demo.tiny import DEMO_LABEL

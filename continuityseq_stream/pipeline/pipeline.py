@@ -1,6 +1,6 @@
 """ContinuitySeqPipeline: text + a few clean latent frames -> the next chunk of video, forever.
 
-One chunk (ARCHITECTURE.md §9, the original `inference.py`):
+One chunk (tests/golden/ARCHITECTURE.md §9, the original `inference.py`):
 
 1. `encode_prompt`: CLIP last hidden states of the prompt, padded to `tokenizer.model_max_length`
    (77) without attention mask; with classifier-free guidance (guidance > 1) the unconditional
@@ -29,7 +29,7 @@ changes arrive through an optional `prompts.UpdateChannel` (`updates=`) and appl
 chunk `UpdateChannel.submit` announced. Text embeddings of a blend are the weighted sum of its
 prompts' embeddings, each prompt encoded once (`prompts.PromptBlender`).
 
-Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
+Fixes of the original's bugs (docs/differences.md): pixels always reach the VAE in [-1, 1] (the original fed
 its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
 encoder); randomness only from explicit generators. The original's truncation, CLAHE and gamma
 are not applied here (frames are the decoder's output, rounded); `postprocess.py` has them

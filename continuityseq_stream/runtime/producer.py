@@ -6,7 +6,7 @@ per frame: global index (`chunk.first_frame + i`), chunk index, pts = index / fp
 
 The chunk source is an import path "module:function", called in the child as
 `function(config, **source_kwargs, schedule=..., updates=..., abort=...)` and returning an iterator of
-`Chunk`s. The last three are live control (prompts.py): the prompt file's `PromptSchedule` or None, the
+`Chunk`s. The last three are live control (prompts/): the prompt file's `PromptSchedule` or None, the
 `UpdateChannel` the parent submits changes to (or None), and a callable that turns True once the
 producer is asked to stop (a source waiting while paused gives up then). The default is the real
 pipeline, `continuityseq_stream.pipeline.chunk_source:open_stream`; tests use `continuityseq_stream.demo.synthetic_source`.
