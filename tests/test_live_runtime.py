@@ -159,7 +159,7 @@ def test_a_taken_control_address_is_a_config_error_before_anything_runs(tmp_path
     sock = ctx.socket(zmq.REP)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     try:
-        with pytest.raises(ConfigError, match="--control: cannot bind"):
+        with pytest.raises(ConfigError, match="^control: cannot bind"):
             run(GenerationConfig(prompt="x", width=W, height=H, num_frames=F, times=1), [f"file:{tmp_path / 'o.mp4'}"],
                 RuntimeOptions(source=SOURCE, status_interval=0, control=f"tcp://127.0.0.1:{port}"))
     finally:

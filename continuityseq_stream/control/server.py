@@ -59,22 +59,21 @@ def check_control_address(address: str, allow_remote: bool = False) -> str:
 
     Accepts `tcp://HOST:PORT` (PORT 1..65535, or `*` for a free port) and `ipc://PATH`.
     """
-    flag = "--control"
     if not isinstance(address, str) or "://" not in address:
-        raise ConfigError(f"{flag}: got {address!r}; use tcp://127.0.0.1:PORT")
+        raise _address_error(f"got {address!r}; use tcp://127.0.0.1:PORT")
     scheme = address.split("://", 1)[0]
     if scheme == "ipc":
         if len(address) <= len("ipc://"):
-            raise ConfigError(f"{flag}: got {address!r}; give a socket path, e.g. ipc:///tmp/continuityseq.sock")
+            raise _address_error(f"got {address!r}; give a socket path, e.g. ipc:///tmp/continuityseq.sock")
         return address
     if scheme != "tcp":
-        raise ConfigError(f"{flag}: got {address!r}; use tcp://127.0.0.1:PORT (or ipc://PATH)")
+        raise _address_error(f"got {address!r}; use tcp://127.0.0.1:PORT (or ipc://PATH)")
     rest = address[len("tcp://"):]
     host, sep, port = rest.rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"{flag}: got {address!r}; use tcp://HOST:PORT, e.g. tcp://127.0.0.1:5557")
+        raise _address_error(f"got {address!r}; use tcp://HOST:PORT, e.g. tcp://127.0.0.1:5557")
     if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ConfigError(f"{flag}: port {port!r} in {address!r}; use a port in 1..65535")
+        raise _address_error(f"port {port!r} in {address!r}; use a port in 1..65535")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     loopback = bare == "localhost"
     if not loopback:
@@ -84,10 +83,15 @@ def check_control_address(address: str, allow_remote: bool = False) -> str:
             loopback = False
     if not loopback and not allow_remote:
         raise ConfigError(
-            f"{flag}: {address!r} is not a loopback address, so anyone who can reach it could steer and stop "
-            f"the stream; use tcp://127.0.0.1:PORT, or pass --control-allow-remote to accept it"
-        )
+            f"{{control}}: {address!r} is not a loopback address, so anyone who can reach it could steer and stop "
+            f"the stream; use tcp://127.0.0.1:PORT, or pass {{control_allow_remote}} to accept it",
+            names=("control", "control_allow_remote"))
     return address
+
+
+def _address_error(problem: str) -> ConfigError:
+    """ConfigError "`{control}`: problem" (the CLI spells it --control)."""
+    return ConfigError("{control}: " + problem, names=("control",))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,8 +236,8 @@ class ControlServer:
                 sock.bind(self._requested)
             except zmq.ZMQError as exc:
                 self._error = ConfigError(
-                    f"--control: cannot bind {self._requested!r}: {exc.strerror}; choose another port or address"
-                )
+                    f"{{control}}: cannot bind {self._requested!r}: {exc.strerror}; choose another port or address",
+                    names=("control",))
                 return
             self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self._ready.set()
@@ -245,7 +249,7 @@ class ControlServer:
         except Exception as exc:  # never let the control thread take the run down
             log.exception("control server stopped by an unexpected error")
             if not self._ready.is_set():
-                self._error = ContinuitySeqError(f"--control: server failed to start: {exc}")
+                self._error = ContinuitySeqError(f"{{control}}: server failed to start: {exc}", names=("control",))
         finally:
             if sock is not None:
                 sock.close(linger=0)

@@ -213,7 +213,7 @@ def read_prompt_file(path: str | Path) -> ParsedPrompts:
     try:
         text = p.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"--prompts-file: cannot read {str(path)!r}: {exc.strerror or exc}; give a readable text file") from None
+        raise ConfigError(f"{{prompts_file}}: cannot read {str(path)!r}: {exc.strerror or exc}; give a readable text file", names=("prompts_file",)) from None
     except UnicodeDecodeError as exc:
         line = p.read_bytes()[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text; save the prompt file as UTF-8") from None

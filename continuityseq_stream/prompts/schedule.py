@@ -47,44 +47,44 @@ class PromptSchedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", tuple(self.entries))
         if not self.entries or not all(isinstance(e, PromptEntry) for e in self.entries):
-            raise ConfigError("--prompts-file: give at least one prompt")
+            raise ConfigError(f"{{prompts_file}}: give at least one prompt", names=("prompts_file",))
         timed = self.entries[0].time is not None
         if any((e.time is not None) != timed for e in self.entries):
-            raise ConfigError("--prompts-file: either every prompt has a time stamp or none has")
+            raise ConfigError(f"{{prompts_file}}: either every prompt has a time stamp or none has", names=("prompts_file",))
         if not isinstance(self.loop, bool):
-            raise ConfigError(f"--loop-prompts: got {self.loop!r}; use True or False")
+            raise ConfigError(f"{{loop_prompts}}: got {self.loop!r}; use True or False", names=("loop_prompts",))
         if not (isinstance(self.transition_seconds, (int, float)) and self.transition_seconds >= 0):
             raise ConfigError(f"prompt transition_seconds: got {self.transition_seconds!r}; use seconds >= 0")
         if timed:
             if self.interval is not None:
                 raise ConfigError(
-                    f"--prompts-interval: got {self.interval!r} but the prompt file has time stamps, which "
-                    f"switch by output time; drop --prompts-interval or the stamps"
-                )
+                    f"{{prompts_interval}}: got {self.interval!r} but the prompt file has time stamps, which "
+                    f"switch by output time; drop {{prompts_interval}} or the stamps",
+                    names=("prompts_interval",))
             times = [e.time for e in self.entries]
             if any(b <= a for a, b in zip(times, times[1:])):
-                raise ConfigError("--prompts-file: time stamps must increase from line to line")
+                raise ConfigError(f"{{prompts_file}}: time stamps must increase from line to line", names=("prompts_file",))
             if self.end_time is not None and self.end_time <= times[-1]:
                 raise ConfigError(
-                    f"--prompts-file: the loop end {format_timestamp(self.end_time)} must come after the last "
-                    f"stamp {format_timestamp(times[-1])}"
-                )
+                    f"{{prompts_file}}: the loop end {format_timestamp(self.end_time)} must come after the last "
+                    f"stamp {format_timestamp(times[-1])}",
+                    names=("prompts_file",))
             if self.loop and self.end_time is None:
                 raise ConfigError(
-                    "--loop-prompts: a time-stamped prompt file needs a last line with only a time stamp "
-                    "(e.g. `03:00`) saying when the loop starts over"
-                )
+                    f"{{loop_prompts}}: a time-stamped prompt file needs a last line with only a time stamp "
+                    "(e.g. `03:00`) saying when the loop starts over",
+                    names=("loop_prompts",))
         else:
             if self.interval is not None and (
                 isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1
             ):
-                raise ConfigError(f"--prompts-interval: got {self.interval!r}; use a number of chunks >= 1")
+                raise ConfigError(f"{{prompts_interval}}: got {self.interval!r}; use a number of chunks >= 1", names=("prompts_interval",))
             if self.end_time is not None:
-                raise ConfigError("--prompts-file: a loop end time needs time-stamped prompts")
+                raise ConfigError(f"{{prompts_file}}: a loop end time needs time-stamped prompts", names=("prompts_file",))
             if self.transition_seconds:
                 raise ConfigError(
                     "prompt transition_seconds applies to time-stamped files; untimed files blend over "
-                    "--prompts-interval chunks"
+                    "{prompts_interval} chunks", names=("prompts_interval",)
                 )
 
     # -- construction -------------------------------------------------------------------------
