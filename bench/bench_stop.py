@@ -1,7 +1,7 @@
 """Stop time with a hung consumer: from the first SIGINT to the end of the run (docs/reliability.md).
 
-    python bench/bench_stop.py            # default --sink-timeout / stop_grace (10 s each), ring 64
-    python bench/bench_stop.py --quick    # sink_timeout 2 s, stop_grace 2 s, ring 16 (smoke test)
+    python -m bench.bench_stop            # default --sink-timeout / stop_grace (10 s each), ring 64
+    python -m bench.bench_stop --quick    # sink_timeout 2 s, stop_grace 2 s, ring 16 (smoke test)
 
 Each case is a fresh run in a child process (synthetic source, 64x48 at 8 fps, a file sink beside the
 hung one), stopped with SIGINT some seconds after it started:
@@ -13,9 +13,7 @@ The figure includes the healthy sinks' drain: a paced RTMP sink plays the ring o
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import signal
 import socket
@@ -25,8 +23,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PYTHON, bench_env, free_port, load  # noqa: E402
+from ._common import PYTHON, bench_env, free_port, load, make_parser
 
 RUNNER = """
 import json, sys
@@ -109,8 +106,7 @@ def count_frames(path: str) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short timeouts and one SIGINT time (smoke test)")
+    ap = make_parser(__doc__, quick="short timeouts and one SIGINT time (smoke test)")
     a = ap.parse_args()
     if a.quick:
         options, delays = {"sink_timeout": 2.0, "stop_grace": 2.0, "ring_frames": 16}, [3.0]

@@ -1,8 +1,8 @@
 """Time to first frame vs `--times`: the first frame leaves the process after one chunk, whatever
 the number of chunks asked for (the original script decoded everything at the end).
 
-    python bench/bench_ttff.py                 # 3 alternating runs each of --times 1 and --times 16
-    python bench/bench_ttff.py --quick         # 1 run each, smallest size (smoke test)
+    python -m bench.bench_ttff                 # 3 alternating runs each of --times 1 and --times 16
+    python -m bench.bench_ttff --quick         # 1 run each, smallest size (smoke test)
 
 Each run is the real CLI on the tiny demo model (`--model demo-random --model-2d demo`) with the stdout sink
 (`--sink -`, raw rgb24); this script reads the pipe and stamps the moment the first whole frame has
@@ -13,16 +13,13 @@ Prints one line: median seconds for each `--times` and the ratio t16/t1 (accepta
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import bench_env, cli_command, load, median, warm_demo_cache  # noqa: E402
+from ._common import bench_env, cli_command, load, make_parser, median, warm_demo_cache
 
 
 def first_frame_seconds(times: int, args, env: dict, outdir: str) -> float:
@@ -53,14 +50,12 @@ def first_frame_seconds(times: int, args, env: dict, outdir: str) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="1 run each at 64x64, 4 frames, 2 steps", threads=1, threads_help="intra-op threads of the CLI's processes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the CLI's processes")
-    p.add_argument("--quick", action="store_true", help="1 run each at 64x64, 4 frames, 2 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.width, args.height, args.frames, args.steps = 1, 64, 64, 4, 2

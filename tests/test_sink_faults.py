@@ -487,12 +487,12 @@ def test_a_stop_with_a_hung_sink_ends_within_the_documented_bound(capsys):
 
 @pytest.mark.slow
 def test_bench_stop_quick():
-    """bench/bench_stop.py --quick runs and prints its figures (both runs end on the first SIGINT)."""
+    """python -m bench.bench_stop --quick runs and prints its figures (both runs end on the first SIGINT)."""
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_stop.py"
-    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_stop", "--quick"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("stop after SIGINT with a hung consumer (sink_timeout 2")
