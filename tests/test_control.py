@@ -18,7 +18,7 @@ import zmq
 from click.testing import CliRunner
 
 from continuityseq_stream.cli.app import flag_for
-from continuityseq_stream.control.server import (
+from continuityseq_stream.control import (
     ControlClient,
     ControlError,
     ControlServer,
@@ -269,7 +269,7 @@ def test_cli_timeout_exits_2():
 @pytest.mark.slow
 def test_cli_client_in_another_process(server):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "continuityseq_stream.control.server", "--address", server.address]
+    cmd = [sys.executable, "-m", "continuityseq_stream.control.client", "--address", server.address]
     done = subprocess.run(cmd + ["set-prompt", "from another process"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from continuityseq_stream.control.server import ControlClient, ControlError, LiveController
+from continuityseq_stream.control import ControlClient, ControlError, LiveController
 from continuityseq_stream.prompts import (
     MAX_BLEND_PROMPTS,
     MAX_PROMPT_CHARS,

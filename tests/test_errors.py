@@ -45,7 +45,7 @@ def test_end_of_stream_is_a_signal_not_a_user_error():
 
 
 def test_the_old_homes_still_export_them():
-    from continuityseq_stream.control.server import ControlError
+    from continuityseq_stream.control import ControlError
     from continuityseq_stream.prompts import ChannelError, UpdateError
     from continuityseq_stream.runtime.ringbuffer import RingClosed as R, RingTimeout
 

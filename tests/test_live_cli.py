@@ -15,7 +15,7 @@ import time
 import av
 import pytest
 
-from continuityseq_stream.control.server import ControlClient
+from continuityseq_stream.control import ControlClient
 
 from servers import free_port
 

@@ -16,7 +16,7 @@ import time
 import av
 import pytest
 
-from continuityseq_stream.control.server import ControlClient
+from continuityseq_stream.control import ControlClient
 from continuityseq_stream.prompts import PromptSchedule
 
 from servers import assert_no_children, free_port

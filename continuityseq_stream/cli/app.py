@@ -384,7 +384,7 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 
 def _add_subcommands() -> None:
-    from ..control.server import control_command
+    from ..control import control_command
     from ..service.command import make_serve_command
     from ..sinks.receiver import subscribe_command
 

@@ -7,7 +7,7 @@ import logging
 from typing import Callable
 
 from ..config import GenerationConfig
-from ..control.server import ControlServer, LiveController
+from ..control import ControlServer, LiveController
 from ..prompts import LiveSettings, UpdateChannel
 from .options import RuntimeOptions
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from ..control.server import check_control_address
+from ..control import check_control_address
 from ..errors import ConfigError, bad_value
 from ..prompts import PromptSchedule
 from .producer import DEFAULT_SOURCE, check_source_spec

@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Any, Optional
 
-from ..control.server import ControlClient, ControlError, error_response
+from ..control import ControlClient, ControlError, error_response
 from ..errors import ContinuitySeqError
 from ..prompts import UpdateError, validate_update
 

@@ -30,7 +30,7 @@ from typing import Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from ..control.server import encode_answer, error_response, parse_request
+from ..control import encode_answer, error_response, parse_request
 from ..prompts import UpdateError
 from .dispatcher import command_from
 from .limits import RateLimiter

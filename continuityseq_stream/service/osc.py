@@ -28,7 +28,7 @@ from typing import Any, Optional
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
-from ..control.server import error_response
+from ..control import error_response
 from .limits import RateLimiter
 from .state import ServiceState
 

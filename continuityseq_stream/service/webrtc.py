@@ -30,7 +30,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from ..control.server import encode_answer, error_response, parse_request
+from ..control import encode_answer, error_response, parse_request
 from .limits import RateLimiter
 from .state import ServiceState, ViewerStats
 
