@@ -49,9 +49,9 @@ from typing import Any, Callable, Mapping, Optional
 from ..chunk import FrameMeta
 from ..config import GenerationConfig
 from ..errors import ConfigError, ContinuitySeqError, error_state
-from ..ipc import MessagePipe
+from ..ipc import MessagePipe, ProcessEvent
 from ..prompts import PromptSchedule, UpdateChannel
-from .ringbuffer import FrameRing, ProcessEvent, RingClosed
+from .ringbuffer import FrameRing, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
