@@ -23,6 +23,8 @@ class Chunk:
     first_frame: global index of frames[0] in the output video.
     conditioning_frames: how many latent frames (k) conditioned this chunk.
     prompt: the prompt (or prompt blend description) this chunk was generated with.
+    resume_point: with `stream(resume_points=True)`, what continuing after this chunk needs
+        (`resume.ResumePoint`), else None.
     """
 
     frames: Any
@@ -30,6 +32,7 @@ class Chunk:
     first_frame: int
     conditioning_frames: int
     prompt: str
+    resume_point: Any = None
 
     def __post_init__(self) -> None:
         f = self.frames

@@ -77,6 +77,10 @@ class GenerationConfig:
     compile: bool = False
     #: the original's truncation to uint8, CLAHE and gamma on every frame (postprocess.py)
     original_postprocess: bool = False
+    #: save what continuing needs after every chunk in this folder (resume.py, docs/resume.md)
+    state_dir: Optional[str] = None
+    #: continue the video whose state an earlier run saved in this folder (and keep saving there)
+    resume: Optional[str] = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -124,6 +128,10 @@ class GenerationConfig:
                             "init_image")
         if self.seed is not None:
             _int(self, "seed", 0, MAX_SEED, f"use an integer in [0, {MAX_SEED}] (torch seeds are 64-bit)")
+        for name in ("state_dir", "resume"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise bad_value(name, value, "give a folder path, or leave it unset")
 
     def _check_text(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():

@@ -231,6 +231,13 @@ RUN_OPTIONS = [
          help="Take live JSON commands on this ZeroMQ address, e.g. tcp://127.0.0.1:5557 (loopback only)."),
     _opt(None, "--control-allow-remote", "control_allow_remote", is_flag=True,
          help="Accept a non-loopback --control address (anyone reaching it can steer and stop the run)."),
+    # resume after a crash (resume.py, docs/resume.md)
+    _opt(None, "--state-dir", "state_dir", default=None, metavar="DIR",
+         help="After every chunk, save atomically what continuing needs (latents, counters, RNG states, live "
+              "settings) in DIR/state.safetensors."),
+    _opt(None, "--resume", "resume", default=None, metavar="DIR",
+         help="Continue the video whose state a run saved in DIR (after a crash, kill -9, restart): no new first "
+              "frame, frame indices go on; needs the same -m/-WI/-HI/-T; keeps saving in DIR."),
 ]
 
 STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames", "control", "control_allow_remote", "sink_timeout")

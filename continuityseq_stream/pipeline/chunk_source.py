@@ -198,8 +198,11 @@ def preflight(config: GenerationConfig) -> None:
     also used on its own). The demo model is not built here.
     """
 
+    from ..resume import check_resume_options
+
     resolve_runtime(config)
     pixels = _init_pixels(config)
+    check_resume_options(config)  # --state-dir / --resume: the state's small JSON part only
     if demo_kind(config.model) != "random":  # (the random demo is built on first use, not here)
         resolve_pretrained_path(config.model)
     if pixels is None and not is_trained_demo(config.model) and not demo_kind(config.model_2d, "2d"):
@@ -229,6 +232,7 @@ def open_stream(
     """
     from .conditioning import UniformConditioning
     from ..demo.tiny import DEMO_LABEL
+    from ..resume import check_resume_options, load_resume_point, restore_live, restore_rng, state_dir_of
     from .pipeline import ContinuitySeqPipeline
 
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
@@ -236,6 +240,7 @@ def open_stream(
     runtime = resolve_runtime(config)
     pixels = _init_pixels(config)
     check_upscaler_size(config)
+    check_resume_options(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
     if is_trained_demo(config.model):
         from ..demo.trained import TRAINED_DEMO_LABEL
@@ -245,14 +250,18 @@ def open_stream(
     if (demo_kind(config.model) == "random" or (draws_2d and demo_kind(config.model_2d, "2d"))
             or (config.upscale and demo_kind(config.upscaler, "upscaler"))):
         logger.warning(DEMO_LABEL)
-    logger.info("seed %d, device %s, dtype %s, attention %s", config.seed, runtime.device,
+    logger.info("seed %s, device %s, dtype %s, attention %s",
+                "from the saved state" if config.resume else config.seed, runtime.device,
                 str(runtime.dtype).replace("torch.", ""), runtime.attention)
-    if pixels is None:  # by precedence, a prompt file's first prompt also draws the first frame
+    point = load_resume_point(config, runtime.device, runtime.dtype) if config.resume else None
+    if point is not None:  # no new first frame: the saved latents condition the next chunk
+        logger.info("resuming from %s: chunk %d, frame %d", config.resume, point.next_chunk, point.next_frame)
+    elif pixels is None:  # by precedence, a prompt file's first prompt also draws the first frame
         first = schedule.entries[0] if schedule is not None else None
         pixels = _render_init(config if first is None else config.replace(
             prompt=first.prompt, negative_prompt=config.negative_prompt if first.negative is None else first.negative),
             runtime)
-    if config.save_init:
+    if config.save_init and point is None:
         from .first_frame import save_init_image
 
         path = save_init_to or os.path.join(config.output_dir, f"init_{config.seed}.png")
@@ -271,16 +280,24 @@ def open_stream(
         upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
         upscaler.set_progress_bar_config(disable=True)
 
+    live = LiveSettings.from_config(config, schedule) if point is None else restore_live(point.live)
+    generator = torch.Generator("cpu").manual_seed(config.seed)
+    if point is not None:
+        generator.set_state(point.generator_state)
     chunks = pipe.stream(
-        LiveSettings.from_config(config, schedule),
+        live,
         num_frames=config.num_frames,
         num_inference_steps=config.num_steps,
         height=config.height,
         width=config.width,
-        selector=UniformConditioning(config.min_conditioning_frames, config.max_conditioning_frames,
-                                     random.Random(config.seed)),
-        image=pixels,
-        generator=torch.Generator("cpu").manual_seed(config.seed),
+        selector=UniformConditioning(*live.conditioning_range,
+                                     restore_rng(config.seed, None if point is None else point.selector_rng)),
+        image=pixels if point is None else None,
+        init_latents=None if point is None else point.conditioning,
+        start_chunk=0 if point is None else point.next_chunk,
+        start_frame=0 if point is None else point.next_frame,
+        resume_points=state_dir_of(config) is not None,
+        generator=generator,
         times=None if config.times == 0 else config.times,
         vae_batch_size=config.vae_batch_size,
         vae_scale=config.vae_scale,

@@ -342,6 +342,9 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         fps: Optional[float] = None,
         abort: Optional[Callable[[], bool]] = None,
         output_type: str = "np",
+        start_chunk: int = 0,
+        start_frame: int = 0,
+        resume_points: bool = False,
     ) -> Iterator[Chunk]:
         """Yield decoded chunks one at a time; `times=None` runs forever.
 
@@ -371,6 +374,10 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             guidance on each chunk's latents before decoding, one call per chunk.
         output_type: "np" (Chunk.frames uint8 `[F, H, W, 3]`) or "pt" (the decoded float pixels
             `[F, 3, H, W]` on the model's device; `Chunk.write_frame` converts them where they go).
+        start_chunk, start_frame: index of the first chunk and of its first frame (a resumed stream
+            goes on from a saved `resume.ResumePoint`: pass its latents as `init_latents`, its
+            generator and selector states, and its live settings as `prompt`). `times` counts from 0.
+        resume_points: attach to every chunk what continuing after it needs (`Chunk.resume_point`).
         """
         _check_stream_args(output_type, times, num_frames, fps)
         if generator is None:
@@ -385,7 +392,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
         blender = PromptBlender(self._encode_text)
         embeds_for: dict = {}  # the last blend's embeddings (one entry)
-        index = first_frame = 0
+        index, first_frame = start_chunk, start_frame
         while times is None or index < times:
             settings = live.next_chunk(index, first_frame / fps if fps else None, channel=updates, abort=abort)
             if settings is None:
@@ -393,9 +400,23 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             selector, selector_range = _follow_settings(settings, selector, selector_range, generator)
             embeds = self._chunk_embeds(blender, settings, embeds_for)
             frames, conditioning, used = self._next_chunk(conditioning, embeds, settings, index, selector, recipe)
-            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used, prompt=settings.prompt)
+            point = (self._resume_point(index + 1, first_frame + frames.shape[0], conditioning, generator, selector, live)
+                     if resume_points else None)
+            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used,
+                        prompt=settings.prompt, resume_point=point)
             index += 1
             first_frame += frames.shape[0]
+
+    @staticmethod
+    def _resume_point(next_chunk, next_frame, conditioning, generator, selector, live):
+        """What continuing after a chunk needs, taken right after it was made (resume.py)."""
+        from ..resume import ResumePoint, live_snapshot
+
+        rng = getattr(selector, "rng", None)
+        return ResumePoint(next_chunk=next_chunk, next_frame=int(next_frame), conditioning=conditioning,
+                           generator_state=generator.get_state(),
+                           selector_rng=rng.getstate() if isinstance(rng, random.Random) else None,
+                           live=live_snapshot(live))
 
     @staticmethod
     def _live_settings(prompt, negative_prompt, guidance_scale, selector, generator) -> LiveSettings:

@@ -37,13 +37,14 @@ class UpdateChannel:
     taken with a timeout (a side that died holding it gives a ChannelError, not a hang).
     """
 
-    def __init__(self, context: Any = None, capacity: int = MAX_QUEUED_UPDATES) -> None:
+    def __init__(self, context: Any = None, capacity: int = MAX_QUEUED_UPDATES, first_chunk: int = 0) -> None:
+        """first_chunk: the first chunk the producer will make (> 0 for a resumed run)."""
         if not _is_int(capacity) or capacity < 1:
             raise ConfigError(f"UpdateChannel capacity: got {capacity!r}; use at least 1 update")
         ctx = context if context is not None else multiprocessing.get_context("spawn")
         self.capacity = capacity
         self._lock = PipeLock()
-        self._next = ctx.RawValue("q", 0)
+        self._next = ctx.RawValue("q", first_chunk)
         self._sent = ctx.RawValue("q", 0)   # updates stored so far
         self._taken = ctx.RawValue("q", 0)  # updates the producer took so far
         self._paused = ctx.RawValue("b", 0)

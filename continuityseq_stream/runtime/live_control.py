@@ -8,7 +8,8 @@ from typing import Callable
 
 from ..config import GenerationConfig
 from ..control import ControlServer, LiveController
-from ..prompts import LiveSettings, UpdateChannel
+from ..prompts import UpdateChannel
+from ..resume import initial_live_settings
 from .options import RuntimeOptions
 
 __all__ = ["LiveControl"]
@@ -23,7 +24,7 @@ class LiveControl:
                  log: Callable[[str], None], request_stop: Callable[..., None], status_fields: Callable[[], dict]) -> None:
         self.config, self.options, self.channel, self.log = config, options, channel, log
         self.request_stop, self.status_fields = request_stop, status_fields
-        self.controller = LiveController(channel, LiveSettings.from_config(config, options.schedule))
+        self.controller = LiveController(channel, initial_live_settings(config, options.schedule))
         self.server: ControlServer | None = None
 
     def start(self) -> None:

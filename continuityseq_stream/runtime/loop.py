@@ -66,10 +66,12 @@ from typing import Iterable, Optional, TextIO, Union
 from ..config import GenerationConfig
 from ..errors import ConfigError, rebuild_error
 from ..prompts import UpdateChannel
+from ..resume import resume_start
 from ..sinks import Sink, StreamInfo
 from .live_control import LiveControl
 from .options import RuntimeOptions
 from .producer import Producer
+from .resume_files import keep_earlier_files
 from .ringbuffer import FrameRing, check_ring_memory
 from .sink_runner import LogWriter, SinkRunner, build_sinks, one_line
 from .status import format_status
@@ -114,7 +116,7 @@ class _Run:
                 SinkRunner(s, self.ring, self.ring.add_reader(s.policy), self.abort, self.log) for s in self.sinks
             ]
             ctx = mp.get_context("spawn")
-            self.channel = UpdateChannel(ctx)
+            self.channel = UpdateChannel(ctx, first_chunk=resume_start(self.config))
             self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs,
                                      ctx=ctx, schedule=opts.schedule, channel=self.channel)
             self.stop.channel, self.stop.producer = self.channel, self.producer
@@ -363,6 +365,7 @@ def run(
     check_ring_memory(options.ring_frames, *config.frame_size)  # before any sink or process exists
     writer = LogWriter(log if log is not None else sys.stderr)
     built = build_sinks(sinks, log=writer.stream)
+    keep_earlier_files(built, config)  # --resume: file sinks write new files
     state = _Run(config, built, options, writer)
     try:
         for sink in built:

@@ -51,6 +51,7 @@ from ..config import GenerationConfig
 from ..errors import ConfigError, ContinuitySeqError, error_state
 from ..ipc import MessagePipe, ProcessEvent
 from ..prompts import PromptSchedule, UpdateChannel
+from ..resume import StateKeeper
 from .ringbuffer import FrameRing, RingClosed
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
@@ -233,6 +234,7 @@ class _Child:
         chunks = fn(self.config, **source_kwargs, schedule=schedule, updates=channel, abort=self.stop.is_set)
         fps, times = float(self.config.fps), self.config.times
         made = 0
+        keeper = StateKeeper.for_config(self.config, self.ring)  # --state-dir: resume.py
         try:
             it = iter(chunks)
             while True:
@@ -265,6 +267,8 @@ class _Child:
                     chunk.write_frame(i, self.ring.slot(seq))  # the frame is made in shared memory
                     self.ring.commit(seq, meta)
                     self.stats[_S_FRAMES] += 1
+                if keeper is not None and chunk.resume_point is not None:
+                    keeper.offer(self.ring.written, chunk.resume_point)
                 made += 1
                 self.stats[_S_CHUNKS] = made
                 if times and made >= times:
@@ -272,6 +276,8 @@ class _Child:
         except RingClosed:
             return
         finally:
+            if keeper is not None:
+                keeper.close()  # saves the last chunk written (the sinks drain the ring)
             close = getattr(chunks, "close", None)
             if close is not None:
                 try:

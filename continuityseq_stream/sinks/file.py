@@ -133,6 +133,17 @@ class FileSink(Sink):
         self._segment_first = 0  # global index of the current segment's first frame
         self._frames_per_segment: Optional[int] = None
 
+    def retarget(self, path: str | os.PathLike) -> None:
+        """Write to `path` instead (same options; before the first frame): a resumed run keeps the
+        earlier run's file and writes a new one (resume.keep_earlier_files)."""
+        if self._container is not None or self.paths:
+            raise RuntimeError("file sink: retarget() before the first frame only")
+        problem = _argument_problem(str(path), self.crf, self.preset, self.keyint, self.segment_seconds)
+        if problem is not None:
+            raise _BadArgument(str(path), problem)
+        self.pattern, self.name = str(path), f"file:{path}"
+        self._check_writable(Path(self._segment_path(0)))
+
     # -- helpers --------------------------------------------------------------------------------
     def _segment_path(self, n: int) -> str:
         return self.pattern % n if self.segment_seconds is not None else self.pattern
