@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import tempfile
 import threading
 import time
 
-from ._common import PYTHON, bench_env, cli_command, free_port, load, make_parser, median, warm_demo_cache
+from ._common import PYTHON, REPO, bench_env, cli_command, free_port, load, make_parser, median, warm_demo_cache
 
 
 def bare(args) -> None:
@@ -47,10 +46,10 @@ def bare(args) -> None:
 
 
 def run_bare(args, env) -> dict:
-    cmd = [PYTHON, os.path.abspath(__file__), "--bare", "--width", str(args.width), "--height", str(args.height),
+    cmd = [PYTHON, "-m", "bench.bench_overhead", "--bare", "--width", str(args.width), "--height", str(args.height),
            "--frames", str(args.frames), "--steps", str(args.steps), "--chunks", str(args.chunks)]
     t0 = time.monotonic()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=REPO).stdout
     wall = time.monotonic() - t0
     r = json.loads(out.strip().splitlines()[-1])
     return {"window": r["last"] - r["first"], "wall": wall, "frames": r["frames"]}
