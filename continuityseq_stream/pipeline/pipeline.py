@@ -42,7 +42,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -50,66 +50,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..chunk import Chunk
-from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
+from .conditioning import ConditioningSelector, UniformConditioning
 from ..errors import CheckpointError, ConfigError, bad_value
-from ..prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
 from .first_frame import pixels_to_uint8, to_pixels
 from .resolve import resolve_pretrained_path
+from .streaming import ChunkRecipe, ChunkStream, check_stream_args, live_settings_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput"]
 
 COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
-
-
-@dataclass(frozen=True)
-class _ChunkRecipe:
-    """What stays the same for every chunk of one `stream()`: how a chunk is made from its
-    conditioning, embeddings and settings (`_next_chunk`)."""
-
-    num_frames: int
-    num_inference_steps: int
-    generator: torch.Generator
-    vae_batch_size: int
-    vae_scale: Optional[float]
-    upscaler: Any
-    upscaler_steps: int
-    output_type: str
-
-
-def _check_stream_args(output_type: str, times: Optional[int], num_frames: Any, fps: Any) -> None:
-    """ConfigError for a `stream()` argument that cannot work (before any model work)."""
-    if output_type not in ("np", "pt"):
-        raise ConfigError(f"output_type: got {output_type!r}; use 'np' (uint8 frames) or 'pt' (float pixels)")
-    if times is not None and times < 1:
-        raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
-    if not isinstance(num_frames, int) or num_frames < 1:
-        raise bad_value("num_frames", num_frames, "use a number of frames per chunk >= 1")
-    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-        raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
-
-
-def _follow_settings(settings: ChunkSettings, selector: ConditioningSelector, selector_range: Tuple[int, int],
-                     generator: torch.Generator) -> Tuple[ConditioningSelector, Tuple[int, int]]:
-    """The selector (and its CN/CX range) for this chunk: a live CN/CX change replaces it by a uniform
-    one over the new range (drawing from the same `rng`); a live set_seed re-seeds the generator and
-    that `rng`."""
-    wanted = (settings.min_conditioning_frames, settings.max_conditioning_frames)
-    if wanted != selector_range:
-        selector, selector_range = UniformConditioning(*wanted, _selector_rng(selector, generator)), wanted
-    if settings.reseed:
-        generator.manual_seed(settings.seed)
-        rng = getattr(selector, "rng", None)
-        if isinstance(rng, random.Random):
-            rng.seed(settings.seed)
-    return selector, selector_range
-
-
-def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) -> random.Random:
-    """The `random.Random` a selector draws from (a new one seeded from `generator` if it has none)."""
-    rng = getattr(selector, "rng", None)
-    return rng if isinstance(rng, random.Random) else random.Random(generator.initial_seed())
 
 
 @dataclass
@@ -379,84 +331,19 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             generator and selector states, and its live settings as `prompt`). `times` counts from 0.
         resume_points: attach to every chunk what continuing after it needs (`Chunk.resume_point`).
         """
-        _check_stream_args(output_type, times, num_frames, fps)
+        check_stream_args(output_type, times, num_frames, fps)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
-        live = self._live_settings(prompt, negative_prompt, guidance_scale, selector, generator)
+        live = live_settings_for(prompt, negative_prompt, guidance_scale, selector, generator)
         if live.schedule is not None and live.schedule.timed and fps is None:
             raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
-        selector_range = live.conditioning_range
-        selector = selector or UniformConditioning(*selector_range, random.Random(generator.initial_seed()))
-        recipe = _ChunkRecipe(num_frames, num_inference_steps, generator, vae_batch_size, vae_scale, upscaler,
+        selector = selector or UniformConditioning(*live.conditioning_range, random.Random(generator.initial_seed()))
+        recipe = ChunkRecipe(num_frames, num_inference_steps, generator, vae_batch_size, vae_scale, upscaler,
                               upscaler_steps or num_inference_steps, output_type)
         conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
-        blender = PromptBlender(self._encode_text)
-        embeds_for: dict = {}  # the last blend's embeddings (one entry)
-        index, first_frame = start_chunk, start_frame
-        while times is None or index < times:
-            settings = live.next_chunk(index, first_frame / fps if fps else None, channel=updates, abort=abort)
-            if settings is None:
-                return  # stopped through `updates`
-            selector, selector_range = _follow_settings(settings, selector, selector_range, generator)
-            embeds = self._chunk_embeds(blender, settings, embeds_for)
-            frames, conditioning, used = self._next_chunk(conditioning, embeds, settings, index, selector, recipe)
-            point = (self._resume_point(index + 1, first_frame + frames.shape[0], conditioning, generator, selector, live)
-                     if resume_points else None)
-            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used,
-                        prompt=settings.prompt, resume_point=point)
-            index += 1
-            first_frame += frames.shape[0]
-
-    @staticmethod
-    def _resume_point(next_chunk, next_frame, conditioning, generator, selector, live):
-        """What continuing after a chunk needs, taken right after it was made (resume.py)."""
-        from ..resume import ResumePoint, live_snapshot
-
-        rng = getattr(selector, "rng", None)
-        return ResumePoint(next_chunk=next_chunk, next_frame=int(next_frame), conditioning=conditioning,
-                           generator_state=generator.get_state(),
-                           selector_rng=rng.getstate() if isinstance(rng, random.Random) else None,
-                           live=live_snapshot(live))
-
-    @staticmethod
-    def _live_settings(prompt, negative_prompt, guidance_scale, selector, generator) -> LiveSettings:
-        """The one per-chunk settings object of a stream, from whatever `stream()` was given."""
-        if isinstance(prompt, LiveSettings):
-            return prompt
-        if isinstance(prompt, PromptSchedule):
-            schedule, text = prompt, prompt.entries[0].prompt
-        elif isinstance(prompt, str):
-            schedule, text = None, prompt
-        else:
-            raise ConfigError(f"prompt: got {type(prompt).__name__}; give a str, a PromptSchedule or a LiveSettings")
-        if selector is None:
-            cn, cx = 1, 8  # the original's policy
-        elif isinstance(selector, UniformConditioning):
-            cn, cx = selector.cn, selector.cx
-        elif isinstance(selector, FixedConditioning):
-            cn = cx = selector.k
-        else:
-            cn, cx = 1, selector.max_k
-        seed = generator.initial_seed()
-        return LiveSettings(prompt=text, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
-                            min_conditioning_frames=cn, max_conditioning_frames=cx,
-                            seed=seed if seed < 2**63 else None, schedule=schedule)
-
-    @torch.inference_mode()
-    def _chunk_embeds(self, blender: PromptBlender, settings: ChunkSettings, last: dict) -> torch.Tensor:
-        """Text embeddings of a chunk: the blend of its prompts' embeddings (each prompt encoded once),
-        `[uncond, cond]` with guidance > 1, else `[cond]`. `last` keeps the previous chunk's result."""
-        do_cfg = settings.guidance_scale > 1.0
-        key: Tuple[PromptBlend, bool] = (settings.blend, do_cfg)
-        if key not in last:
-            if do_cfg:
-                cond, uncond = blender(settings.blend)
-                embeds = torch.cat([uncond, cond])
-            else:
-                embeds = blender.mix([(t.prompt, t.weight) for t in settings.blend.terms])
-            last.clear()
-            last[key] = embeds
-        return last[key]
+        yield from ChunkStream(self, live, selector, recipe, conditioning, times=times, fps=fps, updates=updates,
+                               abort=abort, start_chunk=start_chunk, start_frame=start_frame,
+                               resume_points=resume_points)
 
     def _initial_conditioning(self, image, init_latents, height, width, selector, vae_batch_size, vae_scale) -> torch.Tensor:
         if init_latents is not None:
@@ -476,24 +363,6 @@ class ContinuitySeqPipeline(DiffusionPipeline):
                 raise bad_value(name, v, f"use a positive multiple of {self.vae_scale_factor}")
         pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
-
-    def _next_chunk(self, conditioning: torch.Tensor, prompt_embeds: torch.Tensor, settings: ChunkSettings,
-                    index: int, selector: ConditioningSelector, recipe: "_ChunkRecipe"):
-        """Denoise + pick the next conditioning + decode. Returns (frames, next conditioning, k used);
-        frames are uint8 `[F, H, W, 3]`, or the float pixels for `output_type="pt"`.
-
-        Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
-        r = recipe
-        latents = self.denoise_chunk(
-            conditioning, prompt_embeds, r.num_frames, r.num_inference_steps, settings.guidance_scale, r.generator)
-        k = clamp_k(selector.next_k(index, r.num_frames), r.num_frames)
-        next_conditioning = latents[:, :, -k:].clone()
-        if r.upscaler is not None:
-            latents = self.upscale_latents(latents, r.upscaler, settings.blend.dominant, r.generator,
-                                           r.upscaler_steps, report=index == 0)
-        pixels = self.decode_latents(latents, r.vae_batch_size, r.vae_scale)
-        frames = pixels if r.output_type == "pt" else self.to_uint8(pixels)
-        return frames, next_conditioning, int(conditioning.shape[2])
 
     # -- diffusers convention -------------------------------------------------------------------
     def __call__(self, prompt: str, negative_prompt: Optional[str] = None, *, times: int = 1,
