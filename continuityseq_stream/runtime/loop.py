@@ -73,8 +73,8 @@ from .options import RuntimeOptions
 from .producer import Producer
 from .resume_files import keep_earlier_files
 from .ringbuffer import FrameRing, check_ring_memory
-from .sink_runner import LogWriter, SinkRunner, build_sinks, one_line
-from .status import format_status
+from .sink_runner import LogWriter, SinkRunner, build_sinks, one_line, watch_sinks
+from .status import format_status, status_dict
 from .stopping import StopState, signal_handlers
 
 __all__ = ["RuntimeOptions", "run", "build_sinks", "EXIT_OK", "EXIT_FAILED", "EXIT_ERROR", "EXIT_FORCED"]
@@ -152,7 +152,7 @@ class _Run:
                 if not ring.closed:
                     ring.close()
             if self.first_frame_at is not None:
-                self._watch(now)
+                watch_sinks(self.runners, now, self.options.sink_timeout, self.log)
                 if not self.stop.abandon and _duration_reached(self.options.duration, self.first_frame_at, now):
                     self.stop.request("duration")
                 if not self.stop.abandon and any(r.sink.wants_stop.is_set() for r in self.runners):
@@ -213,49 +213,21 @@ class _Run:
             self.log(f"producer process died unexpectedly (exit code {code})")
 
     def status_fields(self) -> dict:
-        """The status line's figures as a dict, plus the live settings of the chunk in progress
-        (`current_chunk`: the last chunk started) and the scheduled prompt changes."""
-        stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
-        ring = self.ring
-        sinks = []
-        for r in self.runners:
-            st = r.status()
-            sinks.append({"name": st.name, "frames": st.written, "skipped": st.skipped, "state": st.state,
-                          **dict(st.extra)})
-        fields = {
-            "elapsed": round(time.monotonic() - (self.first_frame_at or self.started), 3),
-            "chunks_made": stats["chunks"],
-            "frames_made": stats["frames"],
-            "gen_fps": round(stats["gen_fps"], 3),
-            "out_fps": float(self.config.fps),
-            "ring_fill": ring.fill() if ring is not None and self.first_frame_at is not None else 0,
-            "ring_slots": self.options.ring_frames,
-            "skipped": {s["name"]: s["skipped"] for s in sinks},
-            "sinks": sinks,
-            "stopping": self.stop.reason is not None,
-        }
+        """The status line's figures as a dict (`status.status_dict`), plus the live settings of the
+        chunk in progress (`current_chunk`: the last chunk started) and the scheduled prompt changes."""
+        fields = status_dict(**self._figures(), ring_fill=(self.ring.fill() if self.ring is not None and
+                                                           self.first_frame_at is not None else 0),
+                             stopping=self.stop.reason is not None)
         if self.control is not None:
             fields.update(self.control.live_fields())
         return fields
 
-    # -- the watchdog ----------------------------------------------------------------------------
-    def _watch(self, now: float) -> None:
-        """Detach every sink stuck for `sink_timeout` seconds (main thread, every tick). A sink that
-        can restart its target (ffmpeg/RTMP) does that instead and gets another timeout."""
-        timeout = self.options.sink_timeout
-        for r in self.runners:
-            stalled = r.stalled_for(now)
-            if stalled < timeout:
-                continue
-            try:
-                restarted = bool(r.sink.restart_target())
-            except Exception:  # noqa: BLE001 - a failed restart means: detach
-                restarted = False
-            if restarted:
-                r.grace_from = now
-                self.log(f"sink {r.sink.name}: no progress for {stalled:.1f} s; restarting its target")
-            else:
-                r.detach(now, stalled)
+    def _figures(self) -> dict:
+        """What the status line and the status answer share."""
+        stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
+        return dict(elapsed=time.monotonic() - (self.first_frame_at or self.started), chunks=stats["chunks"],
+                    frames=stats["frames"], gen_fps=stats["gen_fps"], out_fps=self.config.fps,
+                    ring_slots=self.options.ring_frames, sinks=[r.status() for r in self.runners])
 
     def _wait_for_sinks(self) -> None:
         """The drain: wait until every started sink thread has finished or was given up on. The
@@ -269,7 +241,7 @@ class _Run:
             if self.stop.force.is_set():
                 self.abort.set()
                 forced_at = forced_at if forced_at is not None else now
-            self._watch(now)
+            watch_sinks(self.runners, now, self.options.sink_timeout, self.log)
             live = [r for r in self.runners if r.thread is not None and not r.settled(now, close_wait)]
             if not live or (forced_at is not None and now - forced_at > 3.0):
                 break
@@ -312,19 +284,8 @@ class _Run:
                     self.channel.close()
 
     def _status_line(self, label: str) -> str:
-        stats = self.producer.stats() if self.producer is not None else {"chunks": 0, "frames": 0, "gen_fps": 0.0}
-        return format_status(
-            label=label,
-            elapsed=time.monotonic() - (self.first_frame_at or self.started),
-            chunks=stats["chunks"],
-            frames=stats["frames"],
-            gen_fps=stats["gen_fps"],
-            out_fps=self.config.fps,
-            ring_fill=self.ring.fill() if self.ring is not None else 0,
-            ring_slots=self.options.ring_frames,
-            sinks=[r.status() for r in self.runners],
-            paused=self._paused(),
-        )
+        return format_status(label=label, **self._figures(), ring_fill=self.ring.fill() if self.ring is not None else 0,
+                             paused=self._paused())
 
     def _paused(self) -> bool:
         if self.channel is None:

@@ -17,7 +17,7 @@ from ..sinks import Sink, StreamInfo, sink_from_uri
 from .ringbuffer import FrameRing
 from .status import SinkStatus
 
-__all__ = ["SinkRunner", "LogWriter", "build_sinks", "one_line"]
+__all__ = ["SinkRunner", "LogWriter", "build_sinks", "one_line", "watch_sinks"]
 
 
 def one_line(e: BaseException) -> str:
@@ -43,7 +43,7 @@ class LogWriter:
 class SinkRunner:
     """One sink's reader thread: open on the first frame, copy frames from the ring, always close.
 
-    The main thread's watchdog (`loop._Run._watch`) reads `stalled_for`: how long this thread has been in
+    The main thread's watchdog (`watch_sinks`) reads `stalled_for`: how long this thread has been in
     one sink call (open/write/close) without a heartbeat of the sink. `detach` gives up on a stuck
     sink: its ring reader is removed (the producer no longer waits for it), `sink.interrupt()` is
     asked to end the stuck call, and the thread (a daemon: it cannot hold the process exit) closes
@@ -193,6 +193,24 @@ class SinkRunner:
             except Exception:  # noqa: BLE001 - a status line is never worth a failure
                 extra = {}
         return SinkStatus(self.sink.name, self.sink.frames_written, skipped, self.state, extra)
+
+
+def watch_sinks(runners: list[SinkRunner], now: float, timeout: float, log: LogWriter) -> None:
+    """The watchdog (main thread, every tick): detach every sink stuck for `timeout` seconds. A sink
+    that can restart its target (ffmpeg/RTMP) does that instead and gets another timeout."""
+    for r in runners:
+        stalled = r.stalled_for(now)
+        if stalled < timeout:
+            continue
+        try:
+            restarted = bool(r.sink.restart_target())
+        except Exception:  # noqa: BLE001 - a failed restart means: detach
+            restarted = False
+        if restarted:
+            r.grace_from = now
+            log(f"sink {r.sink.name}: no progress for {stalled:.1f} s; restarting its target")
+        else:
+            r.detach(now, stalled)
 
 
 def build_sink_list(items: Iterable[Union[str, Sink]], log: LogWriter) -> list[Sink]:
