@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -86,8 +87,8 @@ CHILD = textwrap.dedent("""
 
 
 class PreviewChild:
-    def __init__(self, xserver, runs: int = 1) -> None:
-        self.proc = subprocess.Popen(["timeout", "-s", "KILL", "60", sys.executable, "-c", CHILD, str(runs)],
+    def __init__(self, xserver, runs: int = 1, timeout: int = 60) -> None:
+        self.proc = subprocess.Popen(["timeout", "-s", "KILL", str(timeout), sys.executable, "-c", CHILD, str(runs)],
                                      env=xserver.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def line(self) -> dict:
@@ -105,20 +106,55 @@ def _key(xserver, key: str) -> None:
                    env=xserver.env(), check=True, timeout=20, capture_output=True)
 
 
+def _pattern_on_screen(xserver, deadline: float = 15.0) -> dict:
+    """The four quadrants' boxes once the whole pattern is on screen; fails after `deadline` seconds.
+    (Polled: on a loaded machine the first paint may come late; a window that stays black never
+    passes, however long it is given.)"""
+    end = time.monotonic() + deadline
+    while True:
+        shot = xserver.screenshot()
+        counts = {k: int((np.abs(shot.astype(int) - c) <= 8).all(-1).sum()) for k, c in COLOURS.items()}
+        if all(n >= 0.8 * (W // 2) * (H // 2) for n in counts.values()):  # each quadrant whole (maybe scaled)
+            return {k: _box(shot, c) for k, c in COLOURS.items()}
+        assert time.monotonic() < end, f"the frame is not on screen after {deadline:g} s: pixels per colour {counts}"
+        time.sleep(0.25)
+
+
 def test_window_shows_the_frame_paced_and_q_stops(xserver):
     assert sink_from_uri("preview").policy == "latest"
     child = PreviewChild(xserver)
     ready = child.line()
-    assert 0.9 <= ready["elapsed"] <= 1.6, ready  # 21 writes = 20 frame periods at 20 fps
-    shot = xserver.screenshot()
-    boxes = {k: _box(shot, c) for k, c in COLOURS.items()}
-    for count, *_ in boxes.values():
-        assert count >= 0.8 * (W // 2) * (H // 2)  # each quadrant is on screen, whole (maybe scaled)
+    assert ready["elapsed"] >= 0.9, ready  # paced: 21 writes = 20 frame periods at 20 fps (not dumped at once)
+    boxes = _pattern_on_screen(xserver)
     assert boxes["tl"][4] < boxes["tr"][3] and boxes["bl"][4] < boxes["br"][3]  # and arranged right
     assert boxes["tl"][2] < boxes["bl"][1] and boxes["tr"][2] < boxes["br"][1]
     _key(xserver, "q")
     assert child.line() == {"stopped": True}
     assert child.finish() == 0
+
+
+def test_windows_paint_their_frame_under_cpu_load():
+    """Qt (opencv-python's) sometimes lost a new window's map event when the machine was busy: the
+    window stayed black for good while every frame was "shown" (16 windows in 42 here with two busy
+    loops; see preview_window.py). Under two busy loops, five new windows, each the first on a new X server
+    (as a user's first preview is), all paint their frame."""
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb not installed (apt-get install xvfb)")
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for _ in range(5):
+            with Xvfb(320, 240) as server:
+                child = PreviewChild(server, timeout=120)
+                assert child.line()["ready"]
+                _pattern_on_screen(server)
+                _key(server, "q")
+                assert child.line() == {"stopped": True}
+                assert child.finish() == 0
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    assert_no_children("Xvfb", "ffmpeg")
 
 
 def test_escape_then_a_second_window_closed_by_the_user(xserver):

@@ -100,7 +100,7 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     tok = train.make_word_tokenizer()
     enc = train.make_text_encoder(len(tok), seed=0)
     vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
-    assert torch.load(tmp_path / "vae.pt", weights_only=False)["done"]
+    assert torch.load(tmp_path / "vae.pt", weights_only=True)["done"]
     unet, enc_trained = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
     # the text encoder was trained with the UNet (a copy: the frozen one passed in is untouched)
     changed = [k for k, v in enc_trained.state_dict().items() if not torch.equal(v, enc.state_dict()[k])]
@@ -112,7 +112,7 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     assert any("resumed at step 2" in m for m in messages)
     encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
     vae = train.train_decoder(cfg, tmp_path, vae, log=lambda m: None)
-    assert torch.load(tmp_path / "decoder.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "decoder.pt", weights_only=True)["step"] == 2
     for k, v in vae.encoder.state_dict().items():  # the UNet's latent space is untouched
         assert torch.equal(v, encoder_before[k]), k
     folder = train.save_pipeline_folder(tmp_path / "out", unet, vae, enc_trained, tok, {"test": True})
@@ -125,6 +125,32 @@ def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
     assert out.frames.shape == (4, 32, 32, 3) and out.frames.dtype == np.uint8
 
 
+class _Payload:
+    """Pickles as "create this file": what a hostile file in --work could do when unpickled."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_work_files_load_as_plain_tensors_only_and_a_planted_one_runs_no_code(tmp_path):
+    cfg = _tiny_cfg()
+    train.train_vae(cfg, tmp_path / "ok", log=lambda m: None)
+    assert torch.load(tmp_path / "ok" / "vae.pt", weights_only=True)["step"] == 2  # what it saves loads so
+    marker = tmp_path / "code-ran"
+    work = tmp_path / "planted"
+    work.mkdir()
+    torch.save({"model": _Payload(marker), "step": 1}, work / "vae.pt")
+    with pytest.raises(ValueError, match=r"vae\.pt: not a checkpoint this trainer wrote .*new --work folder"):
+        train.train_vae(cfg, work, log=lambda m: None)
+    torch.save({"latents": _Payload(marker), "captions": []}, work / "latents-4x4.pt")
+    with pytest.raises(ValueError, match=r"latents-4x4\.pt: not a checkpoint"):
+        train._encoded_clips(work / "latents-4x4.pt", None, lambda m: None, "clips", lambda: [])
+    assert not marker.exists()
+
+
 @pytest.mark.slow
 def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_refused(tmp_path):
     cfg = _tiny_cfg(train_text_encoder=False, turn_fraction=1.0, cond_dropout=0.5)  # every batch from the turn clips
@@ -133,9 +159,9 @@ def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_ref
     vae = train.train_vae(cfg, tmp_path, log=lambda m: None)
     _, enc_out = train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in enc_out.state_dict().items())
-    turns = torch.load(tmp_path / "turns-2x4.pt", weights_only=False)  # the turn clips' latents, cached
+    turns = torch.load(tmp_path / "turns-2x4.pt", weights_only=True)  # the turn clips' latents, cached
     assert turns["latents"].shape[:3] == (2, 4, 4) and len(turns["captions"]) == 2
-    state = torch.load(tmp_path / "unet.pt", weights_only=False)
+    state = torch.load(tmp_path / "unet.pt", weights_only=True)
     state["model"] = {k.removeprefix("unet."): v for k, v in state["model"].items() if k.startswith("unet.")}
     torch.save(state, tmp_path / "unet.pt")
     with pytest.raises(ValueError, match="new --work folder"):

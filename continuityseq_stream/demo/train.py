@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -113,7 +114,20 @@ def _save_checkpoint(path: Path, **state) -> None:
 
 
 def _load_checkpoint(path: Path) -> Optional[dict]:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    return _load_safely(path) if path.is_file() else None
+
+
+def _load_safely(path: Path):
+    """`torch.load` with `weights_only=True`: what this module saves in `--work` (state dicts, optimizer
+    and generator states, latents, captions, step counters) is tensors in dicts/lists with plain
+    values, so nothing more is needed, and a file put into `--work` by someone else cannot run code
+    when it is loaded. Anything else is a ValueError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = (str(e).strip().splitlines() or ["not loadable as plain tensors"])[0]
+        raise ValueError(f"{path}: not a checkpoint this trainer wrote ({why[:200]}); "
+                         "delete it or use a new --work folder") from None
 
 
 def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
@@ -240,7 +254,7 @@ def train_decoder(cfg: TrainConfig, work: Path, vae, log=print):
 def _encoded_clips(cache: Path, vae, log, what: str, make) -> dict:
     """{"latents": [N, 4, T, h, w], "captions": [...]} of the clips `make()` renders, cached in `cache`."""
     if cache.is_file():
-        return torch.load(cache, weights_only=False)
+        return _load_safely(cache)
     t0 = time.monotonic()
     clips = make()
     data = {"latents": encode_clips(vae, clips), "captions": [c.caption for c in clips]}

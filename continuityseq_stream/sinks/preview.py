@@ -6,10 +6,11 @@ Two rules shape this module:
   `check_display()` first checks DISPLAY and then opens a window in a throw-away subprocess; only when
   that works does the sink create its own window. The sink's `prepare()` calls it, which the runtime
   does before the producer starts, so a missing display is one clear error and nothing else has begun.
-- The window lives in its own small process (`_WINDOW_MAIN`), fed raw frames through a pipe: OpenCV's
-  Qt backend wants to own the GUI thread of a process, and inside the runtime's process (torch, PyAV,
-  the sink threads) its window sometimes never came up. `open`, `write` and `close` may be called
-  from any thread.
+- The window lives in its own small process (the script `preview_window.py`), fed raw frames through
+  a pipe: OpenCV's Qt backend wants to own the GUI thread of a process, and inside the runtime's
+  process (torch, PyAV, the sink threads) its window sometimes never came up. `open`, `write` and
+  `close` may be called from any thread. That script also works around Qt losing the window's map
+  event under load (the window stayed black): see its docstring.
 
 `write()` paces the frames to the output fps (it returns when the frame's display slot has come), so
 the frames of a chunk that arrives at once still play smoothly; the policy is "latest": when
@@ -35,6 +36,8 @@ from .base import Sink, StreamInfo
 __all__ = ["PreviewSink", "check_display", "from_uri"]
 
 DEFAULT_TITLE = "continuityseq-stream"
+#: the window process (a plain script: it imports nothing from the package)
+_WINDOW_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preview_window.py")
 _checked: set[str] = set()  # displays that passed the probe in this process
 
 _PROBE = (
@@ -113,7 +116,7 @@ class PreviewSink(Sink):
     def _open(self, info: StreamInfo) -> None:
         check_display()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _WINDOW_MAIN, str(info.width), str(info.height), self.title],
+            [sys.executable, _WINDOW_SCRIPT, str(info.width), str(info.height), self.title],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         threading.Thread(target=self._events, name=f"{self.name}-events", daemon=True).start()
         if not self._ready.wait(30) or self._gone.is_set():
@@ -167,55 +170,6 @@ class PreviewSink(Sink):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-# The window process: reads BGR frames of W x H from stdin (a reader thread keeps only the newest),
-# shows them, polls keys; prints "ready" once the window exists, "shown" per frame drawn, "stop" on
-# q / Esc and when the user closed the window (then it exits). Its own process: OpenCV's Qt backend
-# must own a process's GUI thread, which shared with torch, PyAV and the runtime's threads sometimes
-# never came up.
-_WINDOW_MAIN = """
-import sys, threading
-import cv2, numpy as np
-w, h, title = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-size, latest, lock, eof = w * h * 3, [None], threading.Lock(), threading.Event()
-def say(word):
-    try:
-        sys.stdout.write(word + "\\n"); sys.stdout.flush()
-    except OSError:
-        pass
-def read():
-    while True:
-        data = sys.stdin.buffer.read(size)
-        if len(data) < size:
-            eof.set(); return
-        with lock:
-            latest[0] = data
-threading.Thread(target=read, daemon=True).start()
-cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-say("ready")
-shown = False
-while not eof.is_set():
-    with lock:
-        data, latest[0] = latest[0], None
-    if data is not None:
-        cv2.imshow(title, np.frombuffer(data, np.uint8).reshape(h, w, 3))
-        shown = True
-        say("shown")
-    key = cv2.waitKey(5)
-    if key != -1 and (key & 0xFF) in (ord("q"), ord("Q"), 27):
-        say("stop")
-    elif shown:
-        try:
-            visible = cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
-        except cv2.error:
-            visible = False
-        if not visible:
-            say("stop")
-            break
-cv2.destroyAllWindows()
-cv2.waitKey(1)
-"""
 
 
 def from_uri(uri: str) -> PreviewSink:
