@@ -48,7 +48,9 @@ def test_bench_overlap_quick():
 
 @pytest.mark.slow
 def test_bench_ttff_quick():
-    assert run_bench("ttff").startswith("ttff: --times 1 ")
+    out = run_bench("ttff")
+    assert out.startswith("ttff: --times 1 ")
+    assert "\nstart-up: CLI --times 1 first frame " in out and "CLI / bare whole " in out
 
 
 @pytest.mark.slow

@@ -118,20 +118,21 @@ def output_stem(config: GenerationConfig, short_id: Optional[str] = None) -> str
 def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: Optional[str] = None,
                    sinks: Iterable[str] = (), duration: Optional[float] = None, ring_frames: int = 64,
                    schedule=None, control: Optional[str] = None, control_allow_remote: bool = False,
-                   sink_timeout: float = 10.0):
+                   sink_timeout: float = 10.0, threads: Optional[int] = None):
     """The sinks and `RuntimeOptions` of a run, every cheap check of them done (bad input raises
     here, before anything starts: option values, the frame ring's shared memory, each --sink URI and
     target). Without `sinks`, the one sink is the mp4 file at `output_path` (created at the first
     frame: a run that fails before it leaves nothing behind).
     schedule: a `PromptSchedule` (--prompts-file); control: the --control bind address;
-    sink_timeout: --sink-timeout (a sink stuck that long is detached, see docs/reliability.md)."""
+    sink_timeout: --sink-timeout (a sink stuck that long is detached, see docs/reliability.md);
+    threads: the producer's torch CPU threads (--threads; None: the default of runtime/threads.py)."""
     from ..runtime.ringbuffer import check_ring_memory
     from ..runtime.loop import RuntimeOptions, build_sinks
 
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
                              source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
                              control=control, control_allow_remote=control_allow_remote,
-                             sink_timeout=sink_timeout)
+                             sink_timeout=sink_timeout, threads=threads)
     check_ring_memory(options.ring_frames, *config.frame_size)
     if not sinks:  # the path as a sink object: a '?' in -o must not be read as URI options
         from ..sinks.file import FileSink
@@ -221,6 +222,9 @@ RUN_OPTIONS = [
     _opt(None, "--sink-timeout", "sink_timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
          help="A sink stuck this long in one write (a server that never answers, a reader that stopped) is "
               "detached and the others go on; RTMP/ffmpeg sinks restart their ffmpeg instead."),
+    _opt(None, "--threads", "threads", type=int, default=None, metavar="N",
+         help="CPU threads of the model's process (torch intra-op). Default: $OMP_NUM_THREADS if set, "
+              "else the available CPUs minus one (a core for the sinks and ffmpeg). Use 1 on a busy machine."),
     # prompt schedules and live control (prompts/, control/)
     _opt(None, "--prompts-file", "prompts_file", default=None, metavar="FILE",
          help="One prompt per line (optional 'PROMPT | NEGATIVE', optional mm:ss stamps); overrides -p."),
@@ -240,7 +244,7 @@ RUN_OPTIONS = [
               "frame, frame indices go on; needs the same -m/-WI/-HI/-T; keeps saving in DIR."),
 ]
 
-STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames", "control", "control_allow_remote", "sink_timeout")
+STREAM_OPTIONS = ("sinks", "forever", "duration", "ring_frames", "control", "control_allow_remote", "sink_timeout", "threads")
 PROMPT_OPTIONS = ("prompts_file", "prompts_interval", "loop_prompts")
 
 

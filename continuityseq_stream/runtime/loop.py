@@ -118,7 +118,7 @@ class _Run:
             ctx = mp.get_context("spawn")
             self.channel = UpdateChannel(ctx, first_chunk=resume_start(self.config))
             self.producer = Producer(self.config, self.ring, source=opts.source, source_kwargs=opts.source_kwargs,
-                                     ctx=ctx, schedule=opts.schedule, channel=self.channel)
+                                     ctx=ctx, schedule=opts.schedule, channel=self.channel, threads=opts.threads)
             self.stop.channel, self.stop.producer = self.channel, self.producer
             if opts.control is not None:
                 self.control = LiveControl(self.config, opts, self.channel, self.log, self.stop.request,

@@ -11,6 +11,7 @@ from ..control import check_control_address
 from ..errors import ConfigError, bad_value
 from ..prompts import PromptSchedule
 from .producer import DEFAULT_SOURCE, check_source_spec
+from .threads import resolve_threads
 
 __all__ = ["RuntimeOptions"]
 
@@ -35,6 +36,8 @@ class RuntimeOptions:
     control_allow_remote: accept a non-loopback control address (`--control-allow-remote`).
     sink_timeout: seconds a sink may spend in one open/write/close without progress (`--sink-timeout`);
         then it is detached (an RTMP/ffmpeg sink restarts its ffmpeg instead) and the others go on.
+    threads: torch's intra-op CPU threads in the producer (`--threads`); None: `OMP_NUM_THREADS` if
+        exported, else the available CPUs minus one (threads.py says why).
     """
 
     duration: Optional[float] = None
@@ -48,6 +51,7 @@ class RuntimeOptions:
     control: Optional[str] = None
     control_allow_remote: bool = False
     sink_timeout: float = 10.0
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.duration is not None and not (_finite(self.duration) and self.duration > 0):
@@ -72,6 +76,8 @@ class RuntimeOptions:
             check_control_address(self.control, self.control_allow_remote)
         if not (_finite(self.sink_timeout) and self.sink_timeout > 0):
             raise bad_value("sink_timeout", self.sink_timeout, "use a finite number of seconds > 0, e.g. 10")
+        if self.threads is not None:
+            resolve_threads(self.threads)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":

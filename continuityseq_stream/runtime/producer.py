@@ -29,6 +29,10 @@ Protocol with the parent (`Producer` is the parent's handle):
         the sinks can drain without waiting for the model. `kill()` after a grace period ends a child
         stuck in compute.
 
+CPU threads (runtime/threads.py): the child exports `OMP_NUM_THREADS`/`MKL_NUM_THREADS` = `threads` and a
+passive OpenMP wait policy first thing, before the source (and with it torch) is imported, then sizes
+torch's pool once the source module has loaded it, and logs the count torch reports.
+
 The child ignores SIGINT (Ctrl-C reaches the whole process group; the parent coordinates the stop),
 treats SIGTERM as `stop()`, and exits by itself if the parent dies.
 """
@@ -53,6 +57,7 @@ from ..ipc import MessagePipe, ProcessEvent
 from ..prompts import PromptSchedule, UpdateChannel
 from ..resume import StateKeeper
 from .ringbuffer import FrameRing, RingClosed
+from .threads import apply_in_child, resolve_threads, set_torch_threads
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
@@ -95,6 +100,7 @@ class Producer:
     schedule / channel: live control handed to the source: a `PromptSchedule` (picklable) and an
         `UpdateChannel` made with the same multiprocessing context as `ctx` (it must reach the child
         as a process argument).
+    threads: torch's intra-op threads in the child (None: `threads.default_threads()`).
     """
 
     def __init__(
@@ -107,8 +113,10 @@ class Producer:
         ctx=None,
         schedule: Optional[PromptSchedule] = None,
         channel: Optional[UpdateChannel] = None,
+        threads: Optional[int] = None,
     ) -> None:
         check_source_spec(source)
+        self.threads = resolve_threads(threads)
         self._ctx = ctx or mp.get_context("spawn")
         self.config, self.ring, self.source = config, ring, source
         self.source_kwargs = dict(source_kwargs or {})
@@ -127,7 +135,7 @@ class Producer:
             target=_child_main,
             name="continuityseq-producer",
             args=(self.config, self.ring, self.source, self.source_kwargs, self._stop, self._events.sender(),
-                  self._stats, log_level, self.schedule, self.channel),
+                  self._stats, log_level, self.schedule, self.channel, self.threads),
             daemon=True,
         )
         process.start()
@@ -227,8 +235,10 @@ class _Child:
         parent.join()
         os._exit(3)
 
-    def run(self, source: str, source_kwargs: Mapping[str, Any], schedule=None, channel=None) -> None:
+    def run(self, source: str, source_kwargs: Mapping[str, Any], schedule=None, channel=None,
+            threads: int = 1) -> None:
         fn = resolve_source(source)
+        _size_torch_pool(threads)
         if source == DEFAULT_SOURCE:  # decoded pixels, converted to uint8 straight into the ring's slots
             source_kwargs = {"output_type": "pt", **source_kwargs}
         chunks = fn(self.config, **source_kwargs, schedule=schedule, updates=channel, abort=self.stop.is_set)
@@ -317,20 +327,34 @@ class _ForwardLogs(logging.Handler):
             self.handleError(record)
 
 
+def _size_torch_pool(threads: int) -> None:
+    """Once the source module is imported: give torch (if it loaded torch) its thread count. (The
+    session's info line reports the count after its input checks; this debug line adds the policy.)"""
+    got = set_torch_threads(threads)
+    if got is not None:
+        policy = os.environ.get("OMP_WAIT_POLICY", "default").lower()
+        logging.getLogger(__name__).debug("producer: torch on %d CPU thread%s (--threads; OpenMP wait policy %s)",
+                                         got, "" if got == 1 else "s", policy)
+
+
 def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_level=logging.INFO,
-                schedule=None, channel=None) -> None:
+                schedule=None, channel=None, threads=1) -> None:
     """Entry point of the producer process."""
+    torch_fresh = apply_in_child(threads)  # first: OpenMP reads these when torch's library loads
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logger = logging.getLogger(LOGGER)  # this process is ours: route its logs to the parent
     logger.addHandler(_ForwardLogs(events))
     logger.setLevel(log_level)
     logger.propagate = False
+    if not torch_fresh:
+        logger.debug("producer: torch was imported before the thread settings (by the main module?); "
+                     "its OpenMP wait policy is its default")
     child = _Child(config, ring, stop, events, stats)
     threading.Thread(target=child.watch_stop, name="stop-watcher", daemon=True).start()
     threading.Thread(target=child.watch_parent, name="parent-watcher", daemon=True).start()
     try:
-        child.run(source, source_kwargs, schedule, channel)
+        child.run(source, source_kwargs, schedule, channel, threads)
         events.send(("done", int(stats[_S_CHUNKS])))
     except ContinuitySeqError as e:  # the class, template and names survive: the parent rebuilds it
         events.send(("error", type(e).__name__, str(e), False, *error_state(e)[1:]))
