@@ -1,4 +1,5 @@
-"""Helpers shared by the bench scripts: medians, the machine load, a demo-model CLI command line.
+"""Helpers shared by the bench scripts: argument handling, medians, the machine load, a demo-model CLI
+command line.
 
 Nothing here changes global state at import. The scripts run each measurement in fresh
 subprocesses where the figure depends on process start-up or thread settings.
@@ -6,6 +7,7 @@ subprocesses where the figure depends on process start-up or thread settings.
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import statistics
@@ -14,6 +16,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def make_parser(doc: str, *, quick: str | None = "a tiny run (smoke test)", threads: int | None = None,
+                threads_help: str = "intra-op threads of the measured processes") -> argparse.ArgumentParser:
+    """The argument parser every bench starts from: its module docstring's first line as the
+    description, `--quick` (when `quick` is its help) and `--threads` (when `threads` is its default)."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    if threads is not None:
+        p.add_argument("--threads", type=int, default=threads, help=threads_help)
+    return p
 
 
 def median(values) -> float:
@@ -56,5 +71,5 @@ def warm_demo_cache(env: dict) -> None:
     """Build the demo model folders once, so no measured run pays for it."""
     import subprocess
 
-    code = ("from continuityseq_stream import tiny; tiny.demo_model_path(); tiny.demo_2d_model_path()")
+    code = ("from continuityseq_stream.demo import tiny; tiny.demo_model_path(); tiny.demo_2d_model_path()")
     subprocess.run([PYTHON, "-c", code], env=env, check=True, capture_output=True)

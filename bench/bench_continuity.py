@@ -1,10 +1,10 @@
 """Continuity figures of a ContinuitySeq model on the synthetic-motion prompts (prints a table).
 
-    python bench/bench_continuity.py                      # the shipped trained demo model
-    python bench/bench_continuity.py --model FOLDER --chunks 50 --drift-chunks 200 --json out.json
+    python -m bench.bench_continuity                      # the shipped trained demo model
+    python -m bench.bench_continuity --model FOLDER --chunks 50 --drift-chunks 200 --json out.json
 
 For each prompt it streams `--chunks` chunks from a rendered first frame (`demo_model.demo_init_frame`),
-tracks the object (`continuityseq_stream.metrics`) and reports prompt adherence (fraction of chunks
+tracks the object (`continuityseq_stream.demo.metrics`) and reports prompt adherence (fraction of chunks
 whose object has the asked colour and moves the asked way), the seam ratio (velocity error across
 chunk boundaries / inside chunks; 1 = seamless) and the frame-difference ratio. The first prompt runs
 `--drift-chunks` chunks for size/colour drift. The ablation is the same model with every chunk's
@@ -14,7 +14,6 @@ conditioning latents replaced by Gaussian noise (so nothing carries over between
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -26,9 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from continuityseq_stream import demo_model, metrics  # noqa: E402
-from continuityseq_stream.conditioning import UniformConditioning  # noqa: E402
-from continuityseq_stream.pipeline import ContinuitySeqPipeline  # noqa: E402
+from continuityseq_stream.demo import metrics, trained as demo_model  # noqa: E402
+from continuityseq_stream.pipeline.conditioning import UniformConditioning  # noqa: E402
+from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline  # noqa: E402
+from ._common import make_parser  # noqa: E402
 
 
 class NoiseConditioningPipeline(ContinuitySeqPipeline):
@@ -103,7 +103,7 @@ def save_strip(videos: dict, path: str, frames: int, chunk: int, scale: int = 3)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__, quick=None, threads=2)
     p.add_argument("--model", default=None, help="model folder (default: the shipped trained demo)")
     p.add_argument("--chunks", type=int, default=50)
     p.add_argument("--drift-chunks", type=int, default=200, help="chunks of the first prompt for drift (0: off)")
@@ -111,7 +111,6 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=demo_model.DEMO_SETTINGS["guidance_scale"])
     p.add_argument("--steps", type=int, default=demo_model.DEMO_SETTINGS["num_inference_steps"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--strip", default=None, help="save a frame strip PNG of the trained model here")
     p.add_argument("--strip-frames", type=int, default=16)

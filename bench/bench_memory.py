@@ -1,8 +1,8 @@
 """Flat memory: RSS of the main (runtime) process and of the producer process after 20 and after 500
 chunks of a `--times 0` run (the original kept every frame until the end).
 
-    python bench/bench_memory.py               # chunks 20 -> 500, demo model 64x64, 2 frames, 1 step
-    python bench/bench_memory.py --quick       # chunks 5 -> 30 (smoke test)
+    python -m bench.bench_memory               # chunks 20 -> 500, demo model 64x64, 2 frames, 1 step
+    python -m bench.bench_memory --quick       # chunks 5 -> 30 (smoke test)
 
 The real CLI runs the tiny demo model forever with a file sink and a lossless ZeroMQ PUSH sink; this
 script pulls the frames (back-pressure: the producer never runs ahead of the reader), reads the chunk
@@ -15,17 +15,14 @@ entries) still shows. Prints one line (acceptance: growth < 10 MB per process).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import bench_env, cli_command, free_port, load, warm_demo_cache  # noqa: E402
+from ._common import bench_env, cli_command, free_port, load, make_parser, warm_demo_cache
 
 MB = 1e6
 
@@ -41,15 +38,13 @@ def rss_pair(proc) -> tuple[int, int]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="chunks 5 -> 30", threads=1)
     p.add_argument("--first", type=int, default=20)
     p.add_argument("--last", type=int, default=500)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--frames", type=int, default=2)
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="chunks 5 -> 30")
     args = p.parse_args(argv)
     if args.quick:
         args.first, args.last = 5, 30

@@ -1,10 +1,10 @@
 """Model speed: UNet forward and full-chunk time, with and without CFG sharing of the conditioning
 stream, for the tiny demo config and a mid-size config (random weights, float32 CPU by default).
 
-    python bench/bench_model.py                        # tiny + mid, CPU float32
-    python bench/bench_model.py --quick                # tiny only, 1 repeat (smoke test)
-    python bench/bench_model.py --configs mid --compile          # + torch.compile: compile time, step time
-    python bench/bench_model.py --device cuda --full-size --dtype float16   # GPU: 576x320x16, full-size UNet
+    python -m bench.bench_model                        # tiny + mid, CPU float32
+    python -m bench.bench_model --quick                # tiny only, 1 repeat (smoke test)
+    python -m bench.bench_model --configs mid --compile          # + torch.compile: compile time, step time
+    python -m bench.bench_model --device cuda --full-size --dtype float16   # GPU: 576x320x16, full-size UNet
 
 Configs (guidance on, so the UNet sees batch 2 = [uncond, cond]; Fc conditioning frames):
     tiny: the demo UNet (`tiny.TINY_UNET_CONFIG`, 32-32), 64x64 pixels (8x8 latents), 8 frames, Fc 4.
@@ -25,15 +25,11 @@ Real-time factor (GPU line) = frames generated per second / output fps (16), UNe
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load  # noqa: E402
+from ._common import load, make_parser
 
 CONFIGS = {
     "tiny": dict(unet={}, text_dim=32, height=64, width=64, frames=8, cond=4),
@@ -47,7 +43,7 @@ CONFIGS = {
 
 
 def make_unet(name: str, device, dtype):
-    from continuityseq_stream import tiny
+    from continuityseq_stream.demo import tiny
     from continuityseq_stream.models import ContinuitySeqUNet
 
     spec = CONFIGS[name]
@@ -112,8 +108,8 @@ def forward_figures(name, unet, device, dtype, repeats) -> dict:
 
 def chunk_figures(name, unet, device, dtype, steps, repeats) -> dict:
     """One full chunk (denoise + decode) through ContinuitySeqPipeline with the tiny VAE/text encoder."""
-    from continuityseq_stream import tiny
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.demo import tiny
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     spec = CONFIGS[name]
     with torch.random.fork_rng(devices=[]):
@@ -171,7 +167,7 @@ def compile_figures(name, unet, device, dtype, repeats) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="tiny only, 1 repeat, 2 steps", threads=1, threads_help="torch intra-op threads (CPU)")
     p.add_argument("--configs", default="tiny,mid", help="comma list of tiny, mid")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
@@ -179,9 +175,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="DDIM steps of the full-chunk figure")
     p.add_argument("--full-steps", type=int, default=25, help="steps per chunk for the real-time factor")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile on each config")
-    p.add_argument("--quick", action="store_true", help="tiny only, 1 repeat, 2 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.configs, args.repeats, args.steps = "tiny", 1, 2

@@ -1,8 +1,8 @@
 """Streaming overhead: the full CLI run (producer process -> shared-memory ring -> file + zmq push +
 stdout sinks) vs the bare `pipe.stream()` loop, same demo model, same flags, same seed.
 
-    python bench/bench_overhead.py             # 3 alternating pairs, 128x128x8, 6 steps, 8 chunks
-    python bench/bench_overhead.py --quick     # 1 pair, tiny sizes (smoke test)
+    python -m bench.bench_overhead             # 3 alternating pairs, 128x128x8, 6 steps, 8 chunks
+    python -m bench.bench_overhead --quick     # 1 pair, tiny sizes (smoke test)
 
 Method. Loading differs by design (the CLI starts a second Python process for the producer), so the
 headline figure is measured from the first frame on: the steady-state time of chunks 1..N-1.
@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PYTHON, bench_env, cli_command, free_port, load, median, warm_demo_cache  # noqa: E402
+from ._common import PYTHON, REPO, bench_env, cli_command, free_port, load, make_parser, median, warm_demo_cache
 
 
 def bare(args) -> None:
     """Child mode: the bare loop; prints a JSON line of timestamps (monotonic seconds since start)."""
     t0 = time.monotonic()
     from continuityseq_stream.config import GenerationConfig
-    from continuityseq_stream.session import open_stream
+    from continuityseq_stream.pipeline.chunk_source import open_stream
 
     config = GenerationConfig(prompt="a red ball bouncing", model="demo-random", model_2d="demo", num_frames=args.frames,
                               width=args.width, height=args.height, num_steps=args.steps, guidance_scale=7.5,
@@ -49,10 +46,10 @@ def bare(args) -> None:
 
 
 def run_bare(args, env) -> dict:
-    cmd = [PYTHON, os.path.abspath(__file__), "--bare", "--width", str(args.width), "--height", str(args.height),
+    cmd = [PYTHON, "-m", "bench.bench_overhead", "--bare", "--width", str(args.width), "--height", str(args.height),
            "--frames", str(args.frames), "--steps", str(args.steps), "--chunks", str(args.chunks)]
     t0 = time.monotonic()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=REPO).stdout
     wall = time.monotonic() - t0
     r = json.loads(out.strip().splitlines()[-1])
     return {"window": r["last"] - r["first"], "wall": wall, "frames": r["frames"]}
@@ -103,15 +100,13 @@ def run_cli(args, env, tmp) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="1 pair, 64x64x4, 2 steps, 3 chunks", threads=1, threads_help="intra-op threads of the measured processes")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--chunks", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the measured processes")
-    p.add_argument("--quick", action="store_true", help="1 pair, 64x64x4, 2 steps, 3 chunks")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:

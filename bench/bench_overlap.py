@@ -1,7 +1,7 @@
 """Decode chunk k while chunk k+1 denoises: does it help here? Sequential vs two-stage loop.
 
-    python bench/bench_overlap.py              # demo model 128x128x8, 6 steps, 6 chunks, 1 and 2 threads
-    python bench/bench_overlap.py --quick      # 64x64x4, 2 steps, 3 chunks, 1 thread
+    python -m bench.bench_overlap              # demo model 128x128x8, 6 steps, 6 chunks, 1 and 2 threads
+    python -m bench.bench_overlap --quick      # 64x64x4, 2 steps, 3 chunks, 1 thread
 
 Both loops call the pipeline's named steps (`denoise_chunk`, `decode_latents`, `to_uint8`) with the
 same seed and the same conditioning policy (k = 4 tail latents), so they must give identical frames
@@ -15,21 +15,17 @@ CUDA stream). Prints one line per thread count: seconds for the chunks and the s
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load, median  # noqa: E402
+from ._common import load, make_parser, median
 
 
 def setup(args):
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     pipe = ContinuitySeqPipeline.from_pretrained("demo-random")
     pipe.set_progress_bar_config(disable=True)
@@ -62,7 +58,7 @@ def two_stage(pipe, cond, embeds, args) -> list[np.ndarray]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="a tiny run (smoke test)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--frames", type=int, default=8)
@@ -70,7 +66,6 @@ def main(argv=None) -> None:
     p.add_argument("--chunks", type=int, default=6)
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.width = args.height = 64

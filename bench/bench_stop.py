@@ -1,7 +1,7 @@
 """Stop time with a hung consumer: from the first SIGINT to the end of the run (docs/reliability.md).
 
-    python bench/bench_stop.py            # default --sink-timeout / stop_grace (10 s each), ring 64
-    python bench/bench_stop.py --quick    # sink_timeout 2 s, stop_grace 2 s, ring 16 (smoke test)
+    python -m bench.bench_stop            # default --sink-timeout / stop_grace (10 s each), ring 64
+    python -m bench.bench_stop --quick    # sink_timeout 2 s, stop_grace 2 s, ring 16 (smoke test)
 
 Each case is a fresh run in a child process (synthetic source, 64x48 at 8 fps, a file sink beside the
 hung one), stopped with SIGINT some seconds after it started:
@@ -13,9 +13,7 @@ The figure includes the healthy sinks' drain: a paced RTMP sink plays the ring o
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import signal
 import socket
@@ -25,13 +23,12 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PYTHON, bench_env, free_port, load  # noqa: E402
+from ._common import PYTHON, bench_env, free_port, load, make_parser
 
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -79,7 +76,7 @@ class SilentServer:
 def run_case(sinks: list[str], options: dict, sigint_after: float, video: str) -> dict:
     args = {"config": dict(prompt="bench", width=64, height=48, num_frames=8, fps=8.0, times=0),
             "sinks": sinks + [f"file:{video}"],
-            "options": {"source": "continuityseq_stream.testing:synthetic_stream", "status_interval": 0,
+            "options": {"source": "continuityseq_stream.demo.synthetic_source:synthetic_stream", "status_interval": 0,
                         "source_kwargs": {"delay": 0.05}, **options}}
     proc = subprocess.Popen([PYTHON, "-c", RUNNER, json.dumps(args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=bench_env(1), start_new_session=True)
@@ -109,8 +106,7 @@ def count_frames(path: str) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short timeouts and one SIGINT time (smoke test)")
+    ap = make_parser(__doc__, quick="short timeouts and one SIGINT time (smoke test)")
     a = ap.parse_args()
     if a.quick:
         options, delays = {"sink_timeout": 2.0, "stop_grace": 2.0, "ring_frames": 16}, [3.0]

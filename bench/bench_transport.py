@@ -2,8 +2,8 @@
 process -> reader in this process), through a plain `multiprocessing.Queue` handoff of the same
 frames, and through each sink on its own, at 576x320 and 1024x576.
 
-    python bench/bench_transport.py            # 3000 frames per transport figure, 600 per sink, median of 3
-    python bench/bench_transport.py --quick    # 200 frames, 1 run, 576x320 only (smoke test)
+    python -m bench.bench_transport            # 3000 frames per transport figure, 600 per sink, median of 3
+    python -m bench.bench_transport --quick    # 200 frames, 1 run, 576x320 only (smoke test)
 
 Two ways to count, each for the ring and for the Queue, side by side:
 - made + handed over: the producer makes each frame's bytes (one copy from a set of 16 distinct
@@ -22,30 +22,27 @@ reader per frame (what the handoff takes away from the model on a small machine)
   mp4), zmq push (a PULL socket in a thread of this process receives every frame), zmq pub (a SUB in a
   thread; received count shown), stdout (to /dev/null), ffmpeg (x264 ultrafast to `-f null`, with the
   stream fps set to 1000 so the sink's real-time clock is not the limit).
-Frames are the synthetic moving pattern (`continuityseq_stream.testing`), 16 distinct ones cycled,
+Frames are the synthetic moving pattern (`continuityseq_stream.demo.synthetic_source`), 16 distinct ones cycled,
 so the encoders see motion. Prints a short table.
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import free_port, load, median  # noqa: E402
+from ._common import free_port, load, make_parser, median
 
 DISTINCT = 16
 
 
 def make_frames(width: int, height: int) -> np.ndarray:
-    from continuityseq_stream.testing import synthetic_frame
+    from continuityseq_stream.demo.synthetic_source import synthetic_frame
 
     return np.stack([synthetic_frame(i, width, height) for i in range(DISTINCT)])
 
@@ -111,7 +108,7 @@ class _Clock:
 def ring_fps(width: int, height: int, n: int, mode: str = "made") -> tuple[float, float]:
     """(frames per second, CPU microseconds per frame in both processes together); mode "made",
     "handoff" or "copy" (see the module doc)."""
-    from continuityseq_stream.ringbuffer import FrameRing, RingClosed
+    from continuityseq_stream.runtime.ringbuffer import FrameRing, RingClosed
 
     ctx = mp.get_context("spawn")
     ring = FrameRing(64, max_readers=1, ctx=ctx)
@@ -220,12 +217,11 @@ def sink_fps(kind: str, width: int, height: int, n: int, frames: np.ndarray, tmp
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="a tiny run (smoke test)")
     p.add_argument("--frames", type=int, default=3000, help="frames per ring / Queue figure")
     p.add_argument("--sink-frames", type=int, default=600, help="frames per sink figure")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", default="576x320,1024x576")
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.frames, args.sink_frames, args.repeats, args.sizes = 200, 200, 1, "576x320"

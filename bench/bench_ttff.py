@@ -10,8 +10,8 @@
    (the main one with the sinks, the producer with the model): its first frame should arrive no
    later than the bare whole run.
 
-    python bench/bench_ttff.py                 # 3 alternating runs each: bare, --times 1, --times 16
-    python bench/bench_ttff.py --quick         # 1 run each, smallest size (smoke test)
+    python -m bench.bench_ttff                 # 3 alternating runs each: bare, --times 1, --times 16
+    python -m bench.bench_ttff --quick         # 1 run each, smallest size (smoke test)
 
 Each run is the real CLI on the tiny demo model (`--model demo-random --model-2d demo`) with the stdout sink
 (`--sink -`, raw rgb24); this script reads the pipe and stamps the moment the first whole frame has
@@ -26,16 +26,13 @@ then the bare figures and the ratio of the CLI's `--times 1` first frame to the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PYTHON, bench_env, cli_command, load, median, warm_demo_cache  # noqa: E402
+from ._common import PYTHON, bench_env, cli_command, load, make_parser, median, warm_demo_cache
 
 
 def first_frame_seconds(times: int, args, env: dict, outdir: str) -> float:
@@ -69,7 +66,7 @@ def first_frame_seconds(times: int, args, env: dict, outdir: str) -> float:
 BARE = """
 import sys, time
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.session import open_stream
+from continuityseq_stream.pipeline.chunk_source import open_stream
 w, h, frames, steps, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 config = GenerationConfig(prompt="a red ball bouncing", model="demo-random", model_2d="demo", width=w, height=h,
                           num_frames=frames, num_steps=steps, guidance_scale=7.5, seed=7, times=1, fps=16.0)
@@ -101,14 +98,13 @@ def bare_seconds(args, env: dict, outdir: str) -> tuple[float, float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, quick="1 run each at 64x64, 4 frames, 2 steps", threads=1,
+                    threads_help="intra-op threads (OMP_NUM_THREADS) of every run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (OMP_NUM_THREADS) of every run")
-    p.add_argument("--quick", action="store_true", help="1 run each at 64x64, 4 frames, 2 steps")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.width, args.height, args.frames, args.steps = 1, 64, 64, 4, 2

@@ -1,7 +1,7 @@
 """What flows from the generator to the sinks: decoded chunks and per-frame metadata.
 
 Frame indices and presentation timestamps are assigned once, where frames are produced; sinks
-never invent them (DESIGN.md, data flow).
+never invent them (docs/architecture.md, the data flow).
 """
 
 from __future__ import annotations
@@ -58,9 +58,19 @@ class Chunk:
         if isinstance(self.frames, np.ndarray):
             out[...] = self.frames[i]
         else:
-            from .sources import pixels_to_uint8_into
-
             pixels_to_uint8_into(self.frames[i], out)
+
+
+def pixels_to_uint8_into(pixels: Any, out: np.ndarray) -> None:
+    """One frame tensor `[3, H, W]` in [-1, 1] -> `out` uint8 `[H, W, 3]`, as `pixels_to_uint8` rounds.
+
+    Duck-typed on the tensor's own methods so that this module (imported by the runtime and every
+    sink) never imports torch. The rounded floats are cast while numpy copies them into `out` (on a
+    CUDA device they become uint8 there first, so only one byte per channel crosses to the host)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
+    if x.device.type != "cpu":
+        x = x.byte().cpu()
+    np.copyto(out, x.permute(1, 2, 0).numpy(), casting="unsafe")
 
 
 @dataclass(frozen=True)

@@ -157,11 +157,7 @@ class GenerationConfig:
     def _check_counts(self) -> None:
         _int(self, "times", 0, None, "use a number of chunks >= 1, or 0 to run until stopped")
         _int(self, "num_frames", 1, MAX_FRAMES, f"use a number of frames per chunk in [1, {MAX_FRAMES}]")
-        _int(self, "min_conditioning_frames", 1, None, "use at least 1 conditioning frame")
-        if not _is_int(self.max_conditioning_frames) or self.max_conditioning_frames < self.min_conditioning_frames:
-            raise bad_value("max_conditioning_frames", self.max_conditioning_frames,
-                            f"use a value >= {{min_conditioning_frames}} ({self.min_conditioning_frames})",
-                            "min_conditioning_frames")
+        check_conditioning_range(self.min_conditioning_frames, self.max_conditioning_frames)
         _int(self, "num_steps", 1, MAX_STEPS,
              f"use a number of denoising steps in [1, {MAX_STEPS}] (the schedulers are trained on {MAX_STEPS} timesteps)")
         _int(self, "vae_batch_size", 1, None, "use a batch of at least 1 frame")
@@ -187,6 +183,17 @@ class GenerationConfig:
         for name in ("xformers", "sdp", "save_init", "include_model", "upscale", "compile", "original_postprocess"):
             if not isinstance(getattr(self, name), bool):
                 raise bad_value(name, getattr(self, name), "use True or False")
+
+
+def check_conditioning_range(cn: Any, cx: Any) -> None:
+    """The one check of a conditioning range [CN, CX] (the config's and every `UniformConditioning`'s):
+    whole numbers, 1 <= CN <= CX. Live `set_conditioning` updates add their limits on top of it
+    (prompts/updates.py) and answer in the control protocol's terms."""
+    if not _is_int(cn) or cn < 1:
+        raise bad_value("min_conditioning_frames", cn, "use at least 1 conditioning frame")
+    if not _is_int(cx) or cx < cn:
+        raise bad_value("max_conditioning_frames", cx, f"use a value >= {{min_conditioning_frames}} ({cn})",
+                        "min_conditioning_frames")
 
 
 def _is_int(value: Any) -> bool:

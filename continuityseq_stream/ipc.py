@@ -27,7 +27,9 @@ import threading
 import time
 from typing import Any, Optional
 
-__all__ = ["PipeSemaphore", "PipeLock", "MessagePipe", "MessageSender"]
+__all__ = ["PipeSemaphore", "PipeLock", "MessagePipe", "MessageSender", "ProcessEvent"]
+
+_EVENT_SLICE = 0.5  # a ProcessEvent waiter re-checks the flag at least this often
 
 
 def _wait_readable(fd: int, timeout: Optional[float]) -> None:
@@ -160,3 +162,38 @@ class MessagePipe:
     def close(self) -> None:
         self._reader.close()
         self._sender.close()
+
+
+class ProcessEvent:
+    """A cross-process event that a dying waiter cannot break.
+
+    `multiprocessing.Event` is built on `Condition`, whose `notify` waits for every sleeper to
+    acknowledge: once a process is killed while waiting, the next `set()` hangs forever. This one is
+    a shared flag plus a semaphore; `set` never blocks, and each waiter passes the wake-up on. Neither
+    has a name in /dev/shm (`PipeSemaphore`, and `RawValue` lives in an unlinked mapping).
+    """
+
+    def __init__(self, ctx=None) -> None:
+        ctx = ctx or multiprocessing.get_context("spawn")
+        self._flag = ctx.RawValue("b", 0)
+        self._sem = PipeSemaphore(0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+        self._sem.release()
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once set; False after `timeout` seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag.value:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if self._sem.acquire(timeout=_EVENT_SLICE if left is None else min(left, _EVENT_SLICE)):
+                self._sem.release()  # pass it on to the next waiter
+                if self._flag.value:
+                    return True
+        return True

@@ -1,5 +1,7 @@
 """Resume after a crash: the saved state of a stream, written after every chunk, read by `--resume`.
 
+(The file sinks of a resumed run write new files: runtime/resume_files.py.)
+
 What continuing the same video needs, and nothing else (a `ResumePoint`, taken by `pipeline.stream`
 right after a chunk is made):
 
@@ -30,19 +32,18 @@ import json
 import logging
 import os
 import random
-import re
 import struct
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ResumeError", "ResumePoint", "STATE_FILE", "StateKeeper", "check_resume_options", "initial_live_settings",
-           "keep_earlier_files", "live_snapshot", "load_resume_point", "read_state", "resume_start", "restore_live",
+           "live_snapshot", "load_resume_point", "read_state", "resume_start", "restore_live",
            "save_state", "state_dir_of"]
 
 STATE_FILE = "state.safetensors"
@@ -102,7 +103,8 @@ def live_snapshot(live) -> dict:
 
 def restore_live(snapshot: dict):
     """The `LiveSettings` a `live_snapshot` was taken of (ResumeError when the snapshot is damaged)."""
-    from .prompts import LiveSettings, PromptEntry, PromptSchedule, _PromptOverride
+    from .prompts import LiveSettings, PromptEntry, PromptSchedule
+    from .prompts.live import _PromptOverride
 
     try:
         schedule = None
@@ -242,8 +244,7 @@ def check_resume_options(config) -> Optional[dict]:
 def load_resume_point(config, device=None, dtype=None) -> ResumePoint:
     """The saved state of `config.resume` as a `ResumePoint` (latents on `device` in `dtype`),
     checked as `check_resume_options` does."""
-    import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # (no `import torch` here: resume.py stays importable by the runtime)
 
     doc = check_resume_options(config)
     path = os.path.join(config.resume, STATE_FILE)
@@ -257,7 +258,7 @@ def load_resume_point(config, device=None, dtype=None) -> ResumePoint:
     return ResumePoint(
         next_chunk=int(doc["next_chunk"]), next_frame=int(doc["next_frame"]),
         conditioning=conditioning.to(device=device or "cpu", dtype=dtype or conditioning.dtype),
-        generator_state=generator.to(torch.uint8),
+        generator_state=generator.byte(),  # a torch.ByteTensor, as get_state() gives
         selector_rng=None if rng is None else (rng[0], tuple(rng[1]), rng[2]),
         live=doc["live"],
     )
@@ -283,51 +284,6 @@ def restore_rng(seed: int, state: Optional[tuple]) -> random.Random:
     if state is not None:
         rng.setstate(state)
     return rng
-
-
-# -- file sinks of a resumed run ----------------------------------------------------------------------
-def _resumed_name(pattern: str, next_chunk: int, exists) -> str:
-    """`out.mp4` -> `out.resume-c000012.mp4` (`-2`, `-3`... when that is taken too)."""
-    stem, ext = os.path.splitext(pattern)
-    base = f"{stem}.resume-c{next_chunk:06d}"
-    candidate, n = base + ext, 1
-    while exists(candidate):
-        n += 1
-        candidate = f"{base}-{n}{ext}"
-    return candidate
-
-
-def _taken(pattern: str, segmented: bool) -> bool:
-    """Does a file of this name (any segment of this printf pattern) exist already?"""
-    if not segmented:
-        return os.path.exists(pattern)
-    m = re.search(r"%[-#0 +]*\d*(?:\.\d+)?[diouxX]", pattern)
-    if m is None:
-        return os.path.exists(pattern)
-    folder, prefix = os.path.split(pattern[:m.start()])
-    suffix = pattern[m.end():]
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return False
-    return any(n.startswith(prefix) and n.endswith(suffix) for n in names)
-
-
-def keep_earlier_files(sinks: Iterable, config) -> None:
-    """With --resume, point every file sink at a new name so the earlier run's file (or segments) is
-    never overwritten: `out.mp4` -> `out.resume-c<next chunk>.mp4` (segment patterns alike,
-    `out_%03d.mp4` -> `out_%03d.resume-c000012.mp4`)."""
-    if not config.resume:
-        return
-    from .sinks.file import FileSink
-
-    start = resume_start(config)
-    for sink in sinks:
-        if isinstance(sink, FileSink):
-            segmented = sink.segment_seconds is not None
-            new = _resumed_name(sink.pattern, start, lambda p, seg=segmented: _taken(p, seg))
-            logger.info("resumed run: %s writes %s (the earlier file is kept)", sink.name, new)
-            sink.retarget(new)
 
 
 # -- saving while the producer runs ---------------------------------------------------------------------

@@ -35,8 +35,8 @@ def _isolated_package_logger():
 @pytest.fixture(scope="module")
 def pipe():
     """A ContinuitySeqPipeline of tiny random-weight components (seed 0), one per test module."""
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
-    from continuityseq_stream.tiny import get_dummy_components
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.demo.tiny import get_dummy_components
 
     p = ContinuitySeqPipeline(**get_dummy_components(seed=0))
     p.set_progress_bar_config(disable=True)

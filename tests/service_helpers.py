@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 W, H, F, FPS = 64, 48, 4, 20
 BASE = ["serve", "--model", "demo-random", "-WI", str(W), "-HI", str(H), "-T", str(F), "-s", "2", "-f", str(FPS),
         "-r", "3", "--source", SOURCE, "--port", "0"]

@@ -12,15 +12,15 @@ import pickle
 import pytest
 import torch
 
-from continuityseq_stream.cli import flag_for
+from continuityseq_stream.cli.app import flag_for
 from continuityseq_stream.config import MAX_SEED, MAX_SIDE, GenerationConfig
 from continuityseq_stream.errors import ConfigError, SinkError
-from continuityseq_stream.ringbuffer import check_ring_memory, ring_bytes
-from continuityseq_stream.runtime import RuntimeOptions, build_sinks, run
-from continuityseq_stream.session import check_upscaler_size
+from continuityseq_stream.runtime.ringbuffer import check_ring_memory, ring_bytes
+from continuityseq_stream.runtime.loop import RuntimeOptions, build_sinks, run
+from continuityseq_stream.pipeline.chunk_source import check_upscaler_size
 from continuityseq_stream.sinks import sink_from_uri
 from continuityseq_stream.sinks.file import FileSink
-from continuityseq_stream.sources import load_init_image
+from continuityseq_stream.pipeline.first_frame import load_init_image
 
 from test_bad_input_cli import bomb_png
 
@@ -150,7 +150,7 @@ def _config(**kw):
 def test_the_only_sink_failing_at_setup_raises_one_sink_error(tmp_path):
     uri = f"file:{tmp_path}/missing/out.mp4"
     with pytest.raises(SinkError) as e:
-        run(_config(), [uri], RuntimeOptions(source="continuityseq_stream.testing:synthetic_stream"))
+        run(_config(), [uri], RuntimeOptions(source="continuityseq_stream.demo.synthetic_source:synthetic_stream"))
     assert str(e.value).startswith(f"sinks {uri!r}: file sink: directory ")
     assert e.value.render(flag_for).startswith(f"--sink {uri!r}: ")
     two = [uri, f"file:{tmp_path}/other/out.mp4"]
@@ -170,7 +170,7 @@ def test_ring_memory_is_refused_before_the_producer_or_any_segment_exists(tmp_pa
     before = set(os.listdir("/dev/shm"))
     with pytest.raises(ConfigError) as e:
         run(_config(), [f"file:{tmp_path}/o.mp4"],
-            RuntimeOptions(ring_frames=100_000_000, source="continuityseq_stream.testing:synthetic_stream"))
+            RuntimeOptions(ring_frames=100_000_000, source="continuityseq_stream.demo.synthetic_source:synthetic_stream"))
     assert str(e.value).startswith("ring_frames: 100000000 frames of 32x32 need ")
     assert e.value.render(flag_for).startswith("--ring-frames: 100000000 frames")
     assert set(os.listdir("/dev/shm")) - before == set()  # nothing was created
@@ -185,7 +185,7 @@ def test_ring_memory_is_checked_for_the_upscaled_frames(tmp_path):
     config = GenerationConfig(prompt="x", width=512, height=512, upscale=True, upscaler="demo")
     with pytest.raises(ConfigError, match=f"^ring_frames: {slots} frames of 1024x1024 need "):
         run(config, [f"file:{tmp_path}/o.mp4"],
-            RuntimeOptions(ring_frames=slots, source="continuityseq_stream.testing:synthetic_stream"))
+            RuntimeOptions(ring_frames=slots, source="continuityseq_stream.demo.synthetic_source:synthetic_stream"))
     assert ring_bytes(2, 1024, 1024) == 4 * ring_bytes(2, 512, 512) - 3 * 2 * (4 * 8 + 8 + 256)
 
 
@@ -229,7 +229,7 @@ def test_upscaler_rule_matches_the_demo_upscaler(tmp_path, monkeypatch):
     """The rule is what the real (demo) upscaler does: it runs on the latent sizes the check lets
     through and fails on those it refuses (checked on the model, so the rule cannot drift)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from continuityseq_stream.sources import load_upscaler
+    from continuityseq_stream.pipeline.first_frame import load_upscaler
 
     up = load_upscaler("demo")
     up.set_progress_bar_config(disable=True)

@@ -26,7 +26,7 @@ PROG = "continuityseq-stream"
 RUNNER = r"""
 import os, sys
 marker = sys.argv[1]
-from continuityseq_stream import producer
+from continuityseq_stream.runtime import producer
 
 def _must_not_start(self, *args, **kwargs):
     with open(marker, "w") as f:

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from continuityseq_stream.cli import main, output_stem, slugify
+from continuityseq_stream.cli.app import main, output_stem, slugify
 from continuityseq_stream.config import GenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from continuityseq_stream import metrics
-from continuityseq_stream.demo_model import trained_demo_path
+from continuityseq_stream.demo import metrics
+from continuityseq_stream.demo.trained import trained_demo_path
 
 
 @pytest.mark.skipif(trained_demo_path() is None, reason="trained demo weights not in this tree")

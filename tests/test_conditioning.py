@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from continuityseq_stream.conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
+from continuityseq_stream.pipeline.conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
 from continuityseq_stream.errors import ConfigError
 
 
@@ -46,3 +46,17 @@ def test_bad_bounds(cn, cx):
 def test_bad_fixed():
     with pytest.raises(ConfigError):
         FixedConditioning(0)
+
+
+def test_bad_bounds_are_checked_as_the_config_checks_them():
+    """One check for CN/CX: a selector's error names the arguments, so the CLI spells its flags."""
+    from continuityseq_stream.cli.app import flag_for
+    from continuityseq_stream.config import GenerationConfig
+
+    with pytest.raises(ConfigError) as selector_error:
+        UniformConditioning(3, 2)
+    with pytest.raises(ConfigError) as config_error:
+        GenerationConfig(prompt="x", min_conditioning_frames=3, max_conditioning_frames=2)
+    assert str(selector_error.value) == str(config_error.value)
+    assert selector_error.value.render(flag_for) == (
+        "-CX/--max_conditioning_n_sample_frames: got 2; use a value >= -CN/--min_conditioning_n_sample_frames (3)")

@@ -17,6 +17,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
+from continuityseq_stream.cli.app import flag_for
 from continuityseq_stream.control import (
     ControlClient,
     ControlError,
@@ -77,11 +78,12 @@ def test_control_address_is_loopback_unless_allowed():
                "ipc:///tmp/x.sock"):
         assert check_control_address(ok) == ok
     for remote in ("tcp://0.0.0.0:5557", "tcp://*:5557", "tcp://192.168.1.5:5557", "tcp://eth0:5557"):
-        with pytest.raises(ConfigError, match="not a loopback address.*--control-allow-remote"):
+        with pytest.raises(ConfigError, match="not a loopback address.*control_allow_remote") as e:
             check_control_address(remote)
+        assert e.value.render(flag_for).startswith("--control: ") and "--control-allow-remote" in e.value.render(flag_for)
         assert check_control_address(remote, allow_remote=True) == remote
     for bad in ("127.0.0.1:5557", "udp://127.0.0.1:1", "tcp://127.0.0.1:0", "tcp://127.0.0.1:x", "tcp://:5", "ipc://"):
-        with pytest.raises(ConfigError, match="--control"):
+        with pytest.raises(ConfigError, match="^control: "):
             check_control_address(bad)
 
 
@@ -267,7 +269,7 @@ def test_cli_timeout_exits_2():
 @pytest.mark.slow
 def test_cli_client_in_another_process(server):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "continuityseq_stream.control", "--address", server.address]
+    cmd = [sys.executable, "-m", "continuityseq_stream.control.client", "--address", server.address]
     done = subprocess.run(cmd + ["set-prompt", "from another process"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr

@@ -35,11 +35,11 @@ from continuityseq_stream.prompts import (
 from servers import free_port
 
 W, H, F, FPS = 32, 32, 4, 40.0
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -398,8 +398,8 @@ def test_the_runtime_primitives_create_no_named_semaphores():
     import multiprocessing
 
     from continuityseq_stream.config import GenerationConfig
-    from continuityseq_stream.producer import Producer
-    from continuityseq_stream.ringbuffer import FrameRing
+    from continuityseq_stream.runtime.producer import Producer
+    from continuityseq_stream.runtime.ringbuffer import FrameRing
 
     def sems() -> set[str]:
         return {n for n in _shm_mappings([psutil.Process()]) if n.startswith("sem.")}

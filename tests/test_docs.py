@@ -339,7 +339,7 @@ def doc_env(tmp_path_factory):
                XDG_CACHE_HOME=str(tmp_path_factory.getbasetemp() / "xdg-cache"))
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
-    subprocess.run([sys.executable, "-c", "from continuityseq_stream import tiny; tiny.demo_model_path(); "
+    subprocess.run([sys.executable, "-c", "from continuityseq_stream.demo import tiny; tiny.demo_model_path(); "
                     "tiny.demo_2d_model_path(); tiny.demo_upscaler_path()"], env=env, check=True, timeout=300,
                    capture_output=True)
     return env

@@ -24,7 +24,7 @@ def test_the_hf_command_exists_beside_this_python():
 
 
 def test_pipeline_hint_names_hf_download():
-    from continuityseq_stream.pipeline import resolve_pretrained_path
+    from continuityseq_stream.pipeline.resolve import resolve_pretrained_path
 
     with pytest.raises(CheckpointError) as e:
         resolve_pretrained_path(MISSING)

@@ -59,6 +59,7 @@ def test_install_gives_up_after_the_wait_with_one_line(tmp_path):
     assert last.startswith("bin/install: ") and "still held after 5s" in last and "APT_LOCK_WAIT" in last
 
 
+@pytest.mark.slow  # it starts bash (conftest refuses that in the quick tier)
 def test_a_lock_file_nobody_holds_or_that_does_not_exist_is_free(tmp_path):
     for lock in (tmp_path / "missing", tmp_path / "idle"):
         if lock.name == "idle":

@@ -46,7 +46,7 @@ def test_prompts_file_and_control_socket_on_the_demo_model(tmp_path):
     prompts.write_text("# three prompts, one chunk each\n" + "\n".join(PROMPTS) + "\n")
     zmq_port, control = free_port(), f"tcp://127.0.0.1:{free_port()}"
     mp4 = tmp_path / "out.mp4"
-    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.zmq", f"tcp://127.0.0.1:{zmq_port}",
+    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.sinks.receiver", f"tcp://127.0.0.1:{zmq_port}",
                             "--pull", "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)
     # no -p: the prompt file gives the prompts

@@ -22,13 +22,13 @@ from continuityseq_stream.prompts import PromptSchedule
 from servers import assert_no_children, free_port
 
 W, H, F, FPS = 64, 48, 4, 40.0
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 PROMPTS = "a red fox\na city at night\n"
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.prompts import PromptSchedule
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 schedule = PromptSchedule.from_file(a["prompts"], interval=2)
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(schedule=schedule, **a["options"])))
@@ -77,7 +77,7 @@ def test_control_socket_steers_a_forever_run(tmp_path):
         "options": {"source": SOURCE, "source_kwargs": {"delay": 0.02}, "status_interval": 0, "ring_frames": 16,
                     "control": control},
     }
-    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.zmq", f"tcp://127.0.0.1:{zmq_port}",
+    sub = subprocess.Popen([sys.executable, "-m", "continuityseq_stream.sinks.receiver", f"tcp://127.0.0.1:{zmq_port}",
                             "--pull", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)
     run = _start(args)
@@ -153,13 +153,13 @@ def test_a_taken_control_address_is_a_config_error_before_anything_runs(tmp_path
 
     from continuityseq_stream.config import GenerationConfig
     from continuityseq_stream.errors import ConfigError
-    from continuityseq_stream.runtime import RuntimeOptions, run
+    from continuityseq_stream.runtime.loop import RuntimeOptions, run
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     try:
-        with pytest.raises(ConfigError, match="--control: cannot bind"):
+        with pytest.raises(ConfigError, match="^control: cannot bind"):
             run(GenerationConfig(prompt="x", width=W, height=H, num_frames=F, times=1), [f"file:{tmp_path / 'o.mp4'}"],
                 RuntimeOptions(source=SOURCE, status_interval=0, control=f"tcp://127.0.0.1:{port}"))
     finally:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from continuityseq_stream import metrics, synthetic
+from continuityseq_stream.demo import metrics, synthetic
 
 
 def _clip(caption, n=48, seed=0):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from continuityseq_stream import postprocess, sources
+from continuityseq_stream.pipeline import first_frame as sources, postprocess
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.sources import fit_video_size, init_source_size
+from continuityseq_stream.pipeline.first_frame import fit_video_size, init_source_size
 from test_cli import cli, read_video
 from test_sources import make_video
 
@@ -125,7 +125,7 @@ def _count_upscaler_unet_calls(upscaler, calls: list) -> None:
 def test_upscaler_runs_num_steps_on_the_whole_chunk(tmp_path, monkeypatch):
     """open_stream (what the CLI's producer runs) with -s 7: the upscaler's UNet runs 7 times per chunk,
     each time on all the chunk's frames (the original: num_inference_steps = -s, batches of -T frames)."""
-    from continuityseq_stream.session import open_stream
+    from continuityseq_stream.pipeline.chunk_source import open_stream
 
     calls: list = []
     real_load = sources.load_upscaler
@@ -188,7 +188,7 @@ def test_clahe_gamma_per_frame_and_channel_as_defined():
 
 def test_open_stream_original_postprocess_frames(tmp_path):
     """--original-postprocess gives exactly original_postprocess(the decoded pixels) of the same run."""
-    from continuityseq_stream.session import open_stream
+    from continuityseq_stream.pipeline.chunk_source import open_stream
 
     config = GenerationConfig(prompt="x", model="demo-random", init_image=_image(tmp_path / "i.png", 32, 24),
                               width=32, height=24, num_frames=2, num_steps=1, times=2, seed=3)

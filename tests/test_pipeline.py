@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from continuityseq_stream.chunk import Chunk
-from continuityseq_stream.conditioning import FixedConditioning, UniformConditioning
+from continuityseq_stream.pipeline.conditioning import FixedConditioning, UniformConditioning
 from continuityseq_stream.errors import CheckpointError, ConfigError
 import continuityseq_stream as csq  # its names import on first use: diffusers loads when a test needs it, not at collection
 from continuityseq_stream.prompts import LiveSettings, UpdateChannel
-from continuityseq_stream.sources import to_pixels
-from continuityseq_stream.tiny import save_tiny_pipeline
+from continuityseq_stream.pipeline.first_frame import to_pixels
+from continuityseq_stream.demo.tiny import save_tiny_pipeline
 
 H = W = 32  # latents 4x4
 F = 4
@@ -320,7 +320,10 @@ def test_scheduler_forced_to_ddim(tiny_folder, tmp_path):
 def test_from_pretrained_errors(name, match):
     with pytest.raises(CheckpointError, match=match) as e:
         csq.ContinuitySeqPipeline.from_pretrained(name)
-    assert "\n" not in str(e.value) and "-m/--model" in str(e.value)
+    from continuityseq_stream.cli.app import flag_for
+
+    assert e.value.names == ("model",)  # the library names the argument; the CLI spells its flag
+    assert "\n" not in str(e.value) and e.value.render(flag_for).startswith("-m/--model: ")
 
 
 def test_from_pretrained_incomplete_folder(tmp_path, tiny_folder):
@@ -336,8 +339,8 @@ def test_from_pretrained_incomplete_folder(tmp_path, tiny_folder):
 
 
 def test_demo_names_resolve_to_the_trained_and_the_random_demo(monkeypatch, tmp_path):
-    from continuityseq_stream import demo_model, tiny
-    from continuityseq_stream.pipeline import resolve_pretrained_path
+    from continuityseq_stream.demo import tiny, trained as demo_model
+    from continuityseq_stream.pipeline.resolve import resolve_pretrained_path
 
     trained = demo_model.trained_demo_path()
     if trained is not None:

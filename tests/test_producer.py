@@ -6,11 +6,11 @@ import pytest
 
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.producer import Producer
-from continuityseq_stream.ringbuffer import FrameRing, RingClosed
-from continuityseq_stream.testing import synthetic_frame
+from continuityseq_stream.runtime.producer import Producer
+from continuityseq_stream.runtime.ringbuffer import FrameRing, RingClosed
+from continuityseq_stream.demo.synthetic_source import synthetic_frame
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 
 
 def cfg(**kw):
@@ -77,7 +77,7 @@ def test_stop_ends_a_forever_producer_after_the_chunk_being_written():
 def test_unexpected_error_is_reported_with_type_and_message(capfd):
     frames, events, _ = run_producer(cfg(times=0), source_kwargs={"fail_after": 2})
     assert len(frames) == 8
-    assert events[-1] == ("error", "RuntimeError", "synthetic failure before chunk 2", True)
+    assert events[-1][:4] == ("error", "RuntimeError", "synthetic failure before chunk 2", True)
     assert "Traceback" in capfd.readouterr().err  # the traceback of an unexpected error goes to stderr
 
 

@@ -129,8 +129,11 @@ def test_bad_prompt_files_name_file_line_and_fix(text, fragment):
 
 
 def test_read_prompt_file_errors(tmp_path):
-    with pytest.raises(ConfigError, match="--prompts-file: cannot read"):
+    from continuityseq_stream.cli.app import flag_for
+
+    with pytest.raises(ConfigError, match="^prompts_file: cannot read") as e:
         read_prompt_file(tmp_path / "missing.txt")
+    assert e.value.render(flag_for).startswith("--prompts-file: cannot read")  # the CLI's spelling
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"a cat\ncaf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin1.txt:2: not UTF-8"):
@@ -143,9 +146,9 @@ def test_read_prompt_file_errors(tmp_path):
 def test_schedule_option_errors():
     untimed = parse_prompt_text("a\nb\n")
     timed = parse_prompt_text("00:00 a\n00:10 b\n")
-    with pytest.raises(ConfigError, match="--prompts-interval: got 0"):
+    with pytest.raises(ConfigError, match="^prompts_interval: got 0"):
         PromptSchedule.from_parsed(untimed, interval=0)
-    with pytest.raises(ConfigError, match="--prompts-interval: got True"):
+    with pytest.raises(ConfigError, match="^prompts_interval: got True"):
         PromptSchedule.from_parsed(untimed, interval=True)
     with pytest.raises(ConfigError, match="has time stamps"):
         PromptSchedule.from_parsed(timed, interval=2)

@@ -16,8 +16,9 @@ import torch
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.prompts import LiveSettings, PromptSchedule
 from continuityseq_stream.resume import (LIVE_FIELDS, STATE_FILE, ResumeError, ResumePoint, StateKeeper,
-                                         check_resume_options, keep_earlier_files, live_snapshot, load_resume_point,
-                                         read_state, restore_live, save_state)
+                                         check_resume_options, live_snapshot, load_resume_point, read_state, restore_live,
+                                         save_state)
+from continuityseq_stream.runtime.resume_files import keep_earlier_files
 
 F, SIZE = 4, 32
 
@@ -210,7 +211,7 @@ def _wait(cond, seconds: float) -> None:
 
 # -- the pipeline ----------------------------------------------------------------------------------
 def _stream(pipe, live, **kw):
-    from continuityseq_stream.conditioning import UniformConditioning
+    from continuityseq_stream.pipeline.conditioning import UniformConditioning
 
     generator = kw.pop("generator", None) or torch.Generator().manual_seed(5)
     selector = UniformConditioning(*live.conditioning_range, kw.pop("rng", None) or random.Random(5))

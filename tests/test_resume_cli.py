@@ -22,9 +22,9 @@ import av
 import numpy as np
 import pytest
 
-from continuityseq_stream.metrics import frame_difference_stats
+from continuityseq_stream.demo.metrics import frame_difference_stats
 from continuityseq_stream.resume import STATE_FILE, read_state
-from continuityseq_stream.zmq import Subscriber
+from continuityseq_stream.sinks.receiver import Subscriber
 from servers import free_port
 
 F, FPS, TIMES = 4, 8, 14

@@ -13,7 +13,7 @@ import pytest
 
 from continuityseq_stream.chunk import FrameMeta
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.ringbuffer import FrameRing, ProcessEvent, ReaderRemoved, RingClosed
+from continuityseq_stream.runtime.ringbuffer import FrameRing, ProcessEvent, ReaderRemoved, RingClosed
 
 H, W = 6, 8
 
@@ -336,7 +336,7 @@ def test_allocate_refuses_a_ring_that_shared_memory_cannot_hold(monkeypatch):
     producer mid-run): refuse it up front with one line naming --ring-frames."""
     import collections
 
-    import continuityseq_stream.ringbuffer as rb
+    import continuityseq_stream.runtime.ringbuffer as rb
 
     ring = FrameRing(64)
     try:

@@ -1,6 +1,6 @@
 """The streaming runtime end to end, with real processes: producer process + ring + several sinks.
 
-Runs use the synthetic source (`continuityseq_stream.testing`), whose frames are a pure function of
+Runs use the synthetic source (`continuityseq_stream.demo.synthetic_source`), whose frames are a pure function of
 their index, so every sink's output can be checked frame by frame. Runs that need signals or stdout
 happen in a child Python process (its own session, so a whole process group can be killed).
 """
@@ -23,17 +23,17 @@ import pytest
 
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError, SinkError
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 from continuityseq_stream.sinks.base import Sink
-from continuityseq_stream.testing import decode_index, synthetic_frame
+from continuityseq_stream.demo.synthetic_source import decode_index, synthetic_frame
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 W, H, F, FPS = 64, 48, 8, 8.0
 
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -158,7 +158,7 @@ def test_times_chunks_reach_every_sink_in_order(tmp_path, capsys):
 @pytest.mark.slow
 def test_file_stdout_and_zmq_push_get_identical_frames(tmp_path):
     port = free_port()
-    from continuityseq_stream.zmq import Subscriber
+    from continuityseq_stream.sinks.receiver import Subscriber
 
     got = []
 

@@ -27,21 +27,21 @@ import pytest
 from continuityseq_stream.chunk import FrameMeta
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError, SinkError
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 from continuityseq_stream.sinks import sink_from_uri
 from continuityseq_stream.sinks.base import Sink, StreamInfo
 from continuityseq_stream.sinks.ffmpeg import FfmpegOptions, ffmpeg_command
-from continuityseq_stream.testing import decode_index, synthetic_frame
+from continuityseq_stream.demo.synthetic_source import decode_index, synthetic_frame
 from servers import SilentTcpServer, assert_no_children, free_port
 
-SOURCE = "continuityseq_stream.testing:synthetic_stream"
+SOURCE = "continuityseq_stream.demo.synthetic_source:synthetic_stream"
 W, H, F, FPS = 64, 48, 8, 8.0
 RING = 16
 
 RUNNER = """
 import json, sys
 from continuityseq_stream.config import GenerationConfig
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 a = json.loads(sys.argv[1])
 sys.exit(run(GenerationConfig(**a["config"]), a["sinks"], RuntimeOptions(**a["options"])))
 """
@@ -487,12 +487,12 @@ def test_a_stop_with_a_hung_sink_ends_within_the_documented_bound(capsys):
 
 @pytest.mark.slow
 def test_bench_stop_quick():
-    """bench/bench_stop.py --quick runs and prints its figures (both runs end on the first SIGINT)."""
+    """python -m bench.bench_stop --quick runs and prints its figures (both runs end on the first SIGINT)."""
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_stop.py"
-    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_stop", "--quick"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("stop after SIGINT with a hung consumer (sink_timeout 2")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from continuityseq_stream import sources
+from continuityseq_stream.pipeline import first_frame as sources
+from continuityseq_stream.cli.app import flag_for
 from continuityseq_stream.errors import CheckpointError, ConfigError
 
 
@@ -126,17 +127,21 @@ def test_generate_init_image_demo_in_minus_one_one(demo_cache, tmp_path):
 
 
 def test_model_2d_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="-MP/--model-2d"):
+    with pytest.raises(CheckpointError, match="^model_2d: ") as e:
         sources.generate_init_image(str(tmp_path / "nope"), "x", height=8, width=8)
+    assert e.value.render(flag_for).startswith("-MP/--model-2d: ")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="-MP/--model-2d: cannot load"):
+    with pytest.raises(CheckpointError, match="^model_2d: cannot load") as e:
         sources.generate_init_image(str(tmp_path / "empty"), "x", height=8, width=8)
+    assert e.value.render(flag_for).startswith("-MP/--model-2d: cannot load")
 
 
 def test_upscaler_errors(tmp_path):
     """No small offline latent upscaler exists to test the happy path; the error path is tested."""
-    with pytest.raises(CheckpointError, match="--upscaler"):
+    with pytest.raises(CheckpointError, match="^upscaler: ") as e:
         sources.load_upscaler("nobody-xyz/no-upscaler-123")
+    assert e.value.render(flag_for).startswith("--upscaler: ")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="--upscaler: cannot load"):
+    with pytest.raises(CheckpointError, match="^upscaler: cannot load") as e:
         sources.load_upscaler(str(tmp_path / "empty"))
+    assert e.value.render(flag_for).startswith("--upscaler: cannot load")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from continuityseq_stream.status import SinkStatus, format_status
+from continuityseq_stream.runtime.status import SinkStatus, format_status
 
 
 def _line(**kw):

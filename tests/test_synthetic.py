@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from continuityseq_stream import synthetic
-from continuityseq_stream.metrics import track, wrapped_delta
+from continuityseq_stream.demo import synthetic
+from continuityseq_stream.demo.metrics import track, wrapped_delta
 
 
 def test_same_seed_same_clips_other_seed_differs():

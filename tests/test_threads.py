@@ -16,10 +16,10 @@ import sys
 
 import pytest
 
-from continuityseq_stream import threads
+from continuityseq_stream.runtime import threads
 from continuityseq_stream.config import GenerationConfig
 from continuityseq_stream.errors import ConfigError
-from continuityseq_stream.runtime import RuntimeOptions, run
+from continuityseq_stream.runtime.loop import RuntimeOptions, run
 from continuityseq_stream.sinks.base import Sink
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from continuityseq_stream import synthetic, train
+from continuityseq_stream.demo import synthetic, train
 
 
 def _tiny_cfg(**kw):
@@ -94,7 +94,7 @@ def test_lr_schedule_is_a_function_of_the_step():
 
 @pytest.mark.slow
 def test_training_resumes_and_writes_a_loadable_folder(tmp_path):
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     cfg = _tiny_cfg()
     tok = train.make_word_tokenizer()
@@ -168,12 +168,12 @@ def test_frozen_text_encoder_option_keeps_it_and_an_old_checkpoint_layout_is_ref
         train.train_unet(cfg, tmp_path, vae, tok, enc, log=lambda m: None)
 
 
-@pytest.mark.skipif(__import__("continuityseq_stream.demo_model", fromlist=["x"]).trained_demo_path() is None,
+@pytest.mark.skipif(__import__("continuityseq_stream.demo.trained", fromlist=["x"]).trained_demo_path() is None,
                     reason="no trained demo weights shipped in continuityseq_stream/data/demo")
 @pytest.mark.slow
 def test_shipped_demo_loads_through_the_pipeline_and_draws_the_prompt():
-    from continuityseq_stream import demo_model, metrics
-    from continuityseq_stream.pipeline import ContinuitySeqPipeline
+    from continuityseq_stream.demo import metrics, trained as demo_model
+    from continuityseq_stream.pipeline.pipeline import ContinuitySeqPipeline
 
     folder = demo_model.trained_demo_path()
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 10_000_000
@@ -190,7 +190,7 @@ def test_shipped_demo_loads_through_the_pipeline_and_draws_the_prompt():
 
 
 def test_demo_init_frame_draws_the_prompt():
-    from continuityseq_stream import demo_model, metrics
+    from continuityseq_stream.demo import metrics, trained as demo_model
 
     frame = demo_model.demo_init_frame("a blue square moving up on a black background", seed=3)
     tr = metrics.track(frame[None])
@@ -199,10 +199,8 @@ def test_demo_init_frame_draws_the_prompt():
     assert demo_model.demo_init_frame("free text", seed=3).shape == (32, 32, 3)
 
 
-def test_demo_model_path_falls_back_to_the_random_tiny_model(monkeypatch, tmp_path):
-    from continuityseq_stream import demo_model, tiny
+def test_the_trained_demo_is_absent_without_its_weights(monkeypatch, tmp_path):
+    from continuityseq_stream.demo import trained as demo_model
 
     monkeypatch.setattr(demo_model, "TRAINED_DEMO_DIR", tmp_path / "absent")
-    monkeypatch.setattr(tiny, "demo_model_path", lambda: tmp_path / "tiny")
     assert demo_model.trained_demo_path() is None
-    assert demo_model.demo_model_path() == tmp_path / "tiny"

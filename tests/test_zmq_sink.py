@@ -15,8 +15,8 @@ from continuityseq_stream.chunk import FrameMeta
 from continuityseq_stream.errors import ConfigError, SinkError
 from continuityseq_stream.sinks import sink_from_uri
 from continuityseq_stream.sinks.base import StreamInfo
-from continuityseq_stream.sinks.zmq import ZmqPubSink, ZmqPushSink
-from continuityseq_stream.zmq import Subscriber, normalize_endpoint, subscribe
+from continuityseq_stream.sinks.zeromq import ZmqPubSink, ZmqPushSink
+from continuityseq_stream.sinks.receiver import Subscriber, normalize_endpoint, subscribe
 
 W, H, FPS = 32, 24, 8.0
 
@@ -34,8 +34,8 @@ def _meta(i: int) -> FrameMeta:
 
 
 def _subscriber_proc(endpoint: str, *args: str) -> subprocess.Popen:
-    """`python -m continuityseq_stream.zmq ENDPOINT ...` (the subscribe command) in another process."""
-    return subprocess.Popen(["timeout", "-s", "KILL", "60", sys.executable, "-m", "continuityseq_stream.zmq",
+    """`python -m continuityseq_stream.sinks.receiver ENDPOINT ...` (the subscribe command) in another process."""
+    return subprocess.Popen(["timeout", "-s", "KILL", "60", sys.executable, "-m", "continuityseq_stream.sinks.receiver",
                              endpoint, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -123,7 +123,7 @@ def test_pub_with_slow_subscriber_does_not_slow_the_writer():
     sink.open(StreamInfo(320, 240, FPS))
     code = (
         "import sys, time, json\n"
-        "from continuityseq_stream.zmq import Subscriber\n"
+        "from continuityseq_stream.sinks.receiver import Subscriber\n"
         "with Subscriber(sys.argv[1], timeout=15, hwm=2) as sub:\n"
         "    print('ready', flush=True)\n"
         "    for frame, header in sub:\n"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from service_helpers import Served  # noqa: E402
 
-from continuityseq_stream.testing import decode_index, synthetic_frame  # noqa: E402
+from continuityseq_stream.demo.synthetic_source import decode_index, synthetic_frame  # noqa: E402
 
 W, H = 128, 96
 WATCH_S = 8.0

@@ -1,4 +1,4 @@
-"""Building blocks of the dual-stream ContinuitySeq UNet (ARCHITECTURE.md §4-§7).
+"""Building blocks of the dual-stream ContinuitySeq UNet (tests/golden/ARCHITECTURE.md §4-§7).
 
 Two streams run side by side: the hidden stream h `[B·F, C, H, W]` (noisy latents being denoised)
 and the conditioning stream c `[Bc·Fc, C, H, W]` (clean latents of previous frames). Information

@@ -29,12 +29,12 @@ CONFIG_NAME = "config.json"
 
 # Fields that configs written by diffusers' UNet3DConditionModel may carry; harmless at these values.
 _IGNORED_CONFIG_FIELDS = {"num_attention_heads": None, "time_cond_proj_dim": None}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ---------------------------------------------------------------------------------------------- detection
 def detect_variant(keys: Iterable[str]) -> str:
-    """Variant of a state dict from its key names alone (ARCHITECTURE.md §8.1).
+    """Variant of a state dict from its key names alone (tests/golden/ARCHITECTURE.md §8.1).
 
     Raises `CheckpointError` when the keys belong to no ContinuitySeq UNet variant.
     """
@@ -106,7 +106,7 @@ def resolve_folder(path_or_repo_id, subfolder: str | None = "unet") -> Path:
             raise CheckpointError(f"{str(path)!r} has no {subfolder!r} subfolder; pass subfolder=None "
                                   f"if the folder itself holds config.json and the weights")
         return folder
-    if not _REPO_ID.match(str(path_or_repo_id)):
+    if not HUB_ID.match(str(path_or_repo_id)):
         raise CheckpointError(f"{str(path_or_repo_id)!r} is neither an existing folder nor a hub repo id "
                               f"('owner/name'); pass a local model folder")
     return _download(str(path_or_repo_id), subfolder)

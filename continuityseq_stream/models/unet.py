@@ -1,6 +1,6 @@
 """`ContinuitySeqUNet`: the dual-stream 3D UNet of the ContinuitySeq / vseq2vseq family.
 
-One class implements the four reference snapshots (config field `variant`, ARCHITECTURE.md §1, §7);
+One class implements the four reference snapshots (config field `variant`, tests/golden/ARCHITECTURE.md §1, §7);
 the default config is the full-size ContinuitySeq-A UNet (variant "A-prev", 2,414,450,544 params).
 State-dict keys are exactly the reference's, so its checkpoints load without conversion.
 """

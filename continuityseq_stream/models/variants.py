@@ -1,6 +1,6 @@
 """The four ContinuitySeq / vseq2vseq UNet variants and what distinguishes them.
 
-Every behavioural difference between the reference snapshots (ARCHITECTURE.md §5-§7) is one field of
+Every behavioural difference between the reference snapshots (tests/golden/ARCHITECTURE.md §5-§7) is one field of
 `VariantTraits`, so the modules read a flag instead of comparing variant names.
 """
 
@@ -34,7 +34,7 @@ RESNET_NAMES_B = {
 
 @dataclass(frozen=True)
 class VariantTraits:
-    """What a variant builds and computes (see ARCHITECTURE.md for each item)."""
+    """What a variant builds and computes (see tests/golden/ARCHITECTURE.md for each item)."""
 
     name: str
     conditioning_blocks: bool  # per-convolution conditioning blocks (A-prev with use_conditioning_norm)

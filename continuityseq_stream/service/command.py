@@ -50,7 +50,7 @@ SERVER_OPTIONS = [
                  help="Seconds of video generation may run ahead of the viewers' clock."),
     click.option("--max-viewers", type=int, default=8, show_default=True, help="WebRTC viewers at once."),
     click.option("--source", default=None, metavar="MODULE:FUNCTION",
-                 help="Chunk source instead of the model, e.g. continuityseq_stream.testing:synthetic_stream "
+                 help="Chunk source instead of the model, e.g. continuityseq_stream.demo.synthetic_source:synthetic_stream "
                       "(a moving test pattern: check a deployment without a GPU)."),
 ]
 SERVER_FIELDS = ("host", "port", "token", "osc", "osc_telemetry", "osc_allow_remote", "rate", "burst",
@@ -81,9 +81,9 @@ def _serve(build_config: Callable, source: Optional[str], **options) -> None:
     """Generate one never-ending stream and serve it: the page at http://HOST:PORT/, an HTTP API
     (/openapi.json), /metrics, /healthz, WebRTC viewers, OSC. Takes the run command's generation flags."""
     serving = _import_service()
-    from ..producer import DEFAULT_SOURCE
-    from ..ringbuffer import check_ring_memory
-    from ..runtime import RuntimeOptions, build_sinks
+    from ..runtime.producer import DEFAULT_SOURCE
+    from ..runtime.ringbuffer import check_ring_memory
+    from ..runtime.loop import RuntimeOptions, build_sinks
 
     service = service_options({k: options.pop(k) for k in SERVER_FIELDS})  # cheap checks first
     config, schedule, stream, demo_applied = build_config(options)

@@ -26,7 +26,7 @@ import time
 from typing import Iterable, Optional, TextIO, Union
 
 from ..config import GenerationConfig
-from ..runtime import RuntimeOptions, run
+from ..runtime.loop import RuntimeOptions, run
 from ..sinks import Sink
 from .dispatcher import Dispatcher
 from .events import EventBus

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..chunk import FrameMeta
-from ..metrics import frame_difference_stats
+from ..demo.metrics import frame_difference_stats
 from ..sinks.base import Sink, StreamInfo
 from .events import EventBus
 from .hub import FrameHub

@@ -4,8 +4,8 @@
 |-----------------------------|-------------|--------|
 | file:PATH (or a .mp4/.mkv path) | file.py | block  |
 | rtmp://..., rtmps://..., ffmpeg:URL | ffmpeg.py | block (its clock sends at a constant rate, repeating the last frame when generation lags) |
-| zmq+pub://HOST:PORT         | zmq.py      | latest |
-| zmq+push://HOST:PORT        | zmq.py      | block  |
+| zmq+pub://HOST:PORT         | zeromq.py   | latest |
+| zmq+push://HOST:PORT        | zeromq.py   | block  |
 | preview                     | preview.py  | latest |
 | - or stdout                 | stdout.py   | block  |
 
@@ -27,8 +27,8 @@ SINK_SCHEMES = {
     "rtmp://": "ffmpeg",
     "rtmps://": "ffmpeg",
     "ffmpeg:": "ffmpeg",
-    "zmq+pub://": "zmq",
-    "zmq+push://": "zmq",
+    "zmq+pub://": "zeromq",
+    "zmq+push://": "zeromq",
     "preview": "preview",
     "stdout": "stdout",
     "-": "stdout",

@@ -4,8 +4,8 @@ Two rules shape this module:
 
 - `cv2.imshow` without a usable display aborts the whole process (SIGABRT, cannot be caught). So
   `check_display()` first checks DISPLAY and then opens a window in a throw-away subprocess; only when
-  that works does the sink create its own window. The CLI should call `check_display()` at startup,
-  before the producer starts, so a missing display is one clear error and nothing else has begun.
+  that works does the sink create its own window. The sink's `prepare()` calls it, which the runtime
+  does before the producer starts, so a missing display is one clear error and nothing else has begun.
 - The window lives in its own small process (the script `preview_window.py`), fed raw frames through
   a pipe: OpenCV's Qt backend wants to own the GUI thread of a process, and inside the runtime's
   process (torch, PyAV, the sink threads) its window sometimes never came up. `open`, `write` and

@@ -1,12 +1,12 @@
 """The trained demo model shipped inside the package, and what it needs to run well.
 
 `continuityseq_stream/data/demo/` is a complete diffusers-layout folder (fp16 safetensors, a few MB)
-written by `python -m continuityseq_stream.train`: a tiny ContinuitySeq-A UNet, VAE and CLIP text
+written by `python -m continuityseq_stream.demo.train`: a tiny ContinuitySeq-A UNet, VAE and CLIP text
 encoder trained on `synthetic` moving shapes at 32x32, 4 frames per chunk. It understands prompts
 of the synthetic grammar only ("a red circle moving left on a gray background").
 
 - `trained_demo_path()`: that folder, or None when the weights are absent (e.g. a source tree without
-  them); `demo_model_path()`: it, falling back to the random-weight tiny model of `tiny.py`.
+  them). What the model names mean (and the error when the weights are absent): pipeline/resolve.py.
 - `DEMO_SETTINGS`: the generation settings it was trained and evaluated for (size, frames per chunk,
   k range, guidance, steps) — the original's defaults (576x320, 8 frames, guidance 30) are far outside
   what it knows.
@@ -25,9 +25,9 @@ import numpy as np
 from . import synthetic
 
 __all__ = ["TRAINED_DEMO_DIR", "DEMO_SETTINGS", "TRAINED_DEMO_LABEL", "EXAMPLE_PROMPTS", "trained_demo_path",
-           "demo_model_path", "demo_init_frame", "demo_training_info"]
+           "demo_init_frame", "demo_training_info"]
 
-TRAINED_DEMO_DIR = Path(__file__).parent / "data" / "demo"
+TRAINED_DEMO_DIR = Path(__file__).parent.parent / "data" / "demo"
 _PARTS = ("model_index.json", "scheduler", "tokenizer", "text_encoder", "vae", "unet")
 
 #: settings the demo model was trained for / evaluated with (pipeline.stream keyword names)
@@ -51,16 +51,6 @@ def trained_demo_path() -> Optional[Path]:
     if all((d / p).exists() for p in _PARTS) and any((d / "unet").glob("*.safetensors")):
         return d
     return None
-
-
-def demo_model_path() -> Path:
-    """The trained demo folder when shipped, else the random-weight tiny demo (built on first use)."""
-    path = trained_demo_path()
-    if path is not None:
-        return path
-    from . import tiny
-
-    return tiny.demo_model_path()
 
 
 def demo_init_frame(prompt: str, seed: int = 0, size: int = DEMO_SETTINGS["width"]) -> np.ndarray:

@@ -14,7 +14,8 @@ import random
 from abc import ABC, abstractmethod
 from typing import Optional
 
-from .errors import ConfigError
+from ..config import check_conditioning_range
+from ..errors import ConfigError
 
 __all__ = ["ConditioningSelector", "UniformConditioning", "FixedConditioning", "clamp_k"]
 
@@ -50,12 +51,7 @@ class UniformConditioning(ConditioningSelector):
     """
 
     def __init__(self, cn: int, cx: int, rng: Optional[random.Random] = None) -> None:
-        if not isinstance(cn, int) or cn < 1:
-            raise ConfigError(f"-CN/--min_conditioning_n_sample_frames: got {cn!r}; use at least 1")
-        if not isinstance(cx, int) or cx < cn:
-            raise ConfigError(
-                f"-CX/--max_conditioning_n_sample_frames: got {cx!r}; use a value >= -CN ({cn})"
-            )
+        check_conditioning_range(cn, cx)
         self.cn, self.cx = cn, cx
         self.rng = rng if rng is not None else random.Random()
 

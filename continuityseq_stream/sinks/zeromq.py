@@ -2,7 +2,7 @@
 
 Each frame is a two-part message `[JSON header, raw bytes]`; the header carries `index`, `chunk`,
 `pts`, `fps`, `shape`, `dtype`, `format` ("rgb24") and `prompt`. When the sink closes it sends
-`[{"eos": true, "frames": N}, b""]`. `continuityseq_stream.zmq.subscribe` is the matching receiver.
+`[{"eos": true, "frames": N}, b""]`. `continuityseq_stream.sinks.receiver.subscribe` is the matching receiver.
 
 - PUB (`policy = "latest"`): small send high-water mark and non-blocking sends, so a slow subscriber
   never slows the run. With `nodrop=1` (the default) a full subscriber queue makes the send fail and

@@ -1,13 +1,13 @@
 """Train the demo model on synthetic motion: a tiny VAE, then a tiny ContinuitySeq-A UNet.
 
-    python -m continuityseq_stream.train --work /tmp/demo-train --out continuityseq_stream/data/demo
+    python -m continuityseq_stream.demo.train --work /tmp/demo-train --out continuityseq_stream/data/demo
 
 Three stages, each resumable from its last checkpoint in `--work` (re-run the same command):
 
 1. **VAE** (`AutoencoderKL`, 4 down blocks = the 8x factor of SD VAEs): reconstruction (L1 + MSE) of
    the posterior mean plus a small KL term on single frames of `synthetic.make_clips`. Its `scaling_factor` is set to
    1 / std of the training latents (the role 0.18215 plays for SD).
-2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (ARCHITECTURE.md §9): clips of
+2. **UNet** (`ContinuitySeqUNet`, variant A-prev) trained as the original (tests/golden/ARCHITECTURE.md §9): clips of
    `max_cond + frames` latent frames; per batch k is uniform in [1, max_cond]; the k frames before the
    target window are the clean conditioning, the following `frames` frames are noised with the
    ModelScope DDIM schedule (scaled-linear 0.00085 -> 0.012, 1000 steps) and the UNet predicts the
@@ -41,7 +41,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -50,156 +50,14 @@ import torch
 import torch.nn.functional as F
 
 from . import synthetic
-from .tiny import MODEL_INDEX
+from .components import (TEXT_DIM, TrainConfig, make_scheduler, make_text_encoder, make_unet, make_vae,  # noqa: F401
+                         make_word_tokenizer, save_pipeline_folder)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "make_word_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
            "encode_captions", "vae_loss", "unet_loss", "object_mask", "train_vae", "train_unet", "train_decoder",
            "save_pipeline_folder", "main"]
-
-TEXT_DIM = 32
-
-
-@dataclass
-class TrainConfig:
-    """All knobs of a training run (saved next to the checkpoints)."""
-
-    size: int = synthetic.DEFAULT_SIZE
-    frames: int = 4                 # F: frames generated per chunk
-    max_cond: int = 4               # k is uniform in [1, max_cond]
-    seed: int = 0
-    # VAE
-    vae_channels: tuple = (16, 32, 64, 64)
-    vae_groups: int = 8
-    vae_clips: int = 400
-    vae_steps: int = 800
-    vae_batch: int = 24
-    vae_lr: float = 2e-3
-    vae_kl: float = 1e-4
-    vae_minutes: float = 12.0
-    # decoder refinement (encoder frozen, so the UNet's latent space does not move)
-    decoder_steps: int = 1500
-    decoder_lr: float = 1e-3
-    decoder_minutes: float = 15.0
-    object_weight: float = 4.0
-    # UNet
-    unet_channels: tuple = (32, 64)
-    unet_groups: int = 16
-    unet_clips: int = 2000
-    unet_steps: int = 7000
-    unet_batch: int = 32
-    unet_lr: float = 1e-3
-    unet_minutes: float = 60.0
-    prompt_dropout: float = 0.1
-    train_text_encoder: bool = True  # False: the text encoder stays frozen at its random init
-    text_lr: float = 1e-3
-    turn_clips: int = 1000           # clips that change direction where the conditioning ends
-    turn_fraction: float = 0.3       # share of batches drawn from them
-    cond_dropout: float = 0.0        # share of samples whose conditioning latents are zeroed
-    ema: float = 0.995
-    checkpoint_every: int = 50
-    extra: dict = field(default_factory=dict)
-
-
-# -- components ---------------------------------------------------------------------------------
-def make_word_tokenizer(words=synthetic.VOCABULARY, max_length: int = 77):
-    """A CLIP tokenizer whose merges turn every grammar word into one token.
-
-    Byte symbols stay in the vocabulary, so any prompt tokenizes (unknown words as characters).
-    Built with `CLIPTokenizer(vocab=dict, merges=list)` (the `vocab_file=` form misbehaves in
-    transformers 5).
-    """
-    from transformers import CLIPTokenizer
-
-    from .tiny import _byte_symbols
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for s in _byte_symbols():
-        vocab.setdefault(s, len(vocab))
-        vocab.setdefault(s + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        # segment with the merges so far (earlier words' merges rank lower and apply first), then chain
-        # the pieces left to right with new merges, so the whole word ends as one token
-        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], {m: i for i, m in enumerate(merges)})
-        left = pieces[0]
-        for right in pieces[1:]:
-            merges.append((left, right))
-            left = left + right
-            vocab.setdefault(left, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-def _bpe(symbols: list[str], ranks: dict) -> list[str]:
-    """Byte-pair merging as CLIP does it: repeatedly join the adjacent pair of lowest rank."""
-    while len(symbols) > 1:
-        pairs = [(ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
-        rank, _ = min(pairs)
-        if rank == math.inf:
-            break
-        pair, out, i = (symbols[min(pairs)[1]], symbols[min(pairs)[1] + 1]), [], 0
-        while i < len(symbols):
-            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-                out.append(symbols[i] + symbols[i + 1]); i += 2
-            else:
-                out.append(symbols[i]); i += 1
-        symbols = out
-    return symbols
-
-
-def make_text_encoder(vocab_size: int, seed: int):
-    """Tiny CLIP text encoder with random weights from `seed` (eval mode, no gradients; the UNet stage
-    trains a copy of it)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="quick_gelu",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPTextModel(config)
-        # random embeddings of std 0.02 make all words look alike after the final LayerNorm; widen them
-        with torch.no_grad():
-            model.get_input_embeddings().weight.normal_(0.0, 1.0)
-    return model.eval().requires_grad_(False)
-
-
-def make_vae(cfg: TrainConfig):
-    from diffusers import AutoencoderKL
-
-    n = len(cfg.vae_channels)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
-        block_out_channels=list(cfg.vae_channels), layers_per_block=1, norm_num_groups=cfg.vae_groups,
-        sample_size=cfg.size,
-    )
-
-
-def make_unet(cfg: TrainConfig):
-    """ContinuitySeq-A (A-prev) UNet; widths are multiples of 32 (temporal GroupNorm uses 32 groups)."""
-    from .models import ContinuitySeqUNet
-
-    n = len(cfg.unet_channels)
-    return ContinuitySeqUNet(
-        sample_size=cfg.size // 8, block_out_channels=list(cfg.unet_channels), layers_per_block=1,
-        down_block_types=["CrossAttnDownBlock3D"] * (n - 1) + ["DownBlock3D"],
-        up_block_types=["UpBlock3D"] + ["CrossAttnUpBlock3D"] * (n - 1),
-        norm_num_groups=cfg.unet_groups, cross_attention_dim=TEXT_DIM, attention_head_dim=8,
-    )
-
-
-def make_scheduler():
-    """The pipeline's DDIM with the ModelScope training schedule."""
-    from diffusers import DDIMScheduler
-
-    from .tiny import MODELSCOPE_SCHEDULER_CONFIG
-
-    return DDIMScheduler(**MODELSCOPE_SCHEDULER_CONFIG)
-
 
 @torch.no_grad()
 def encode_captions(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
@@ -500,25 +358,8 @@ def train_unet(cfg: TrainConfig, work: Path, vae, tokenizer, text_encoder, log=p
     return ema["unet"], ema["text_encoder"]
 
 
-# -- output folder ------------------------------------------------------------------------------
-
-def save_pipeline_folder(folder: Path, unet, vae, text_encoder, tokenizer, meta: Optional[dict] = None,
-                         dtype: torch.dtype = torch.float16) -> Path:
-    """Write the diffusers-layout folder (weights as `dtype` safetensors) in the ContinuitySeq-A layout."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
-        copy.deepcopy(model).to(dtype).save_pretrained(folder / name, safe_serialization=True)
-    tokenizer.save_pretrained(folder / "tokenizer")
-    make_scheduler().save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
-    if meta is not None:
-        (folder / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return folder
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m continuityseq_stream.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m continuityseq_stream.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="checkpoints and cached latents (re-run to resume)")
     p.add_argument("--out", required=True, help="diffusers-layout output folder")
     p.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ import os
 import sys
 from typing import Mapping, Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["available_cpus", "default_threads", "resolve_threads", "child_environment", "apply_in_child",
            "set_torch_threads"]

@@ -1,6 +1,6 @@
 """ContinuitySeqPipeline: text + a few clean latent frames -> the next chunk of video, forever.
 
-One chunk (ARCHITECTURE.md §9, the original `inference.py`):
+One chunk (tests/golden/ARCHITECTURE.md §9, the original `inference.py`):
 
 1. `encode_prompt`: CLIP last hidden states of the prompt, padded to `tokenizer.model_max_length`
    (77) without attention mask; with classifier-free guidance (guidance > 1) the unconditional
@@ -29,7 +29,7 @@ changes arrive through an optional `prompts.UpdateChannel` (`updates=`) and appl
 chunk `UpdateChannel.submit` announced. Text embeddings of a blend are the weighted sum of its
 prompts' embeddings, each prompt encoded once (`prompts.PromptBlender`).
 
-Fixes of the original's bugs (DESIGN.md): pixels always reach the VAE in [-1, 1] (the original fed
+Fixes of the original's bugs (docs/differences.md): pixels always reach the VAE in [-1, 1] (the original fed
 its generated init image in [0, 1]); an init image works (the original's 4-D tensor crashed the
 encoder); randomness only from explicit generators. The original's truncation, CLAHE and gamma
 are not applied here (frames are the decoder's output, rounded); `postprocess.py` has them
@@ -41,81 +41,27 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .chunk import Chunk
-from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
-from .errors import CheckpointError, ConfigError
-from .prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
-from .sources import pixels_to_uint8, to_pixels
+from ..chunk import Chunk
+from .conditioning import ConditioningSelector, UniformConditioning
+from ..errors import CheckpointError, ConfigError, bad_value
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
+from .first_frame import pixels_to_uint8, to_pixels
+from .resolve import resolve_pretrained_path
+from .streaming import ChunkRecipe, ChunkStream, check_stream_args, live_settings_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput", "resolve_pretrained_path"]
+__all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
-
-
-def _selector_rng(selector: ConditioningSelector, generator: torch.Generator) -> random.Random:
-    """The `random.Random` a selector draws from (a new one seeded from `generator` if it has none)."""
-    rng = getattr(selector, "rng", None)
-    return rng if isinstance(rng, random.Random) else random.Random(generator.initial_seed())
-
-
-def resolve_pretrained_path(path_or_repo_id: Union[str, os.PathLike], flag: str = "-m/--model", demo: str = "video") -> str:
-    """A local folder, a demo model, or a hub id (fetched or taken from the HF cache) -> local folder.
-
-    `demo` says what the name "demo" means: "video": the small ContinuitySeq trained on synthetic
-    moving shapes that ships inside the package (`demo_model.py`; "demo-trained" is the same);
-    "2d" / "upscaler": the tiny random text-to-image / x2 latent upscaler. "demo-random" (video) is
-    the tiny random-weight ContinuitySeq the tests use.
-    Raises CheckpointError with one line naming `flag` when nothing usable is found (an unknown
-    path, or a hub id that is not cached while offline).
-    """
-    name = str(path_or_repo_id)
-    if demo == "video" and name in ("demo", "demo-trained"):
-        from .demo_model import trained_demo_path
-
-        path = trained_demo_path()
-        if path is None:
-            raise CheckpointError(f"{flag}: the trained demo weights are not in this installation "
-                                  "(continuityseq_stream/data/demo); use 'demo-random' (random weights) or a model folder")
-        return str(path)
-    if demo == "video" and name == "demo-random":
-        from . import tiny
-
-        return str(tiny.demo_model_path())
-    if name == "demo" and demo in ("2d", "upscaler"):
-        from . import tiny
-
-        return str({"2d": tiny.demo_2d_model_path, "upscaler": tiny.demo_upscaler_path}[demo]())
-    if os.path.isdir(name):
-        return name
-    if os.path.exists(name):
-        raise CheckpointError(f"{flag}: {name!r} is a file; pass a diffusers-layout model folder or a hub id")
-    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
-        raise CheckpointError(
-            f"{flag}: {name!r} does not exist; pass a local diffusers-layout folder, a hub id such as "
-            "b-f/ContinuitySeq-A, or 'demo'"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name)
-    except Exception as e:  # offline, unknown repo, no network: all mean "cannot get it"
-        reason = type(e).__name__
-        raise CheckpointError(
-            f"{flag}: cannot get {name!r} from the Hugging Face hub ({reason}); "
-            f"pass a local folder (e.g. one made with `hf download {name} --local-dir DIR`) or 'demo'"
-        ) from None
 
 
 @dataclass
@@ -159,15 +105,15 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             raise ConfigError(f"ContinuitySeqPipeline.from_pretrained: unsupported argument(s) {sorted(kwargs)}")
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from .models import ContinuitySeqUNet
+        from ..models import ContinuitySeqUNet
 
         folder = resolve_pretrained_path(pretrained_model_name_or_path)
         missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]
         if missing:
             raise CheckpointError(
-                f"-m/--model: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
-                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/"
-            )
+                f"{{model}}: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
+                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/",
+                names=("model",))
 
         def load(name: str, fn):
             try:
@@ -176,8 +122,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
                 raise
             except Exception as e:
                 raise CheckpointError(
-                    f"-m/--model: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    f"{{model}}: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", names=("model",)
                 ) from None
 
         dtype = torch_dtype or torch.float32
@@ -385,101 +331,19 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             generator and selector states, and its live settings as `prompt`). `times` counts from 0.
         resume_points: attach to every chunk what continuing after it needs (`Chunk.resume_point`).
         """
-        if output_type not in ("np", "pt"):
-            raise ConfigError(f"output_type: got {output_type!r}; use 'np' (uint8 frames) or 'pt' (float pixels)")
+        check_stream_args(output_type, times, num_frames, fps)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
-        if times is not None and times < 1:
-            raise ConfigError(f"times: got {times!r}; use a number of chunks >= 1, or None to run forever")
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ConfigError(f"-T/--num-frames: got {num_frames!r}; use a number of frames per chunk >= 1")
-        if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-            raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
-        live = self._live_settings(prompt, negative_prompt, guidance_scale, selector, generator)
+        live = live_settings_for(prompt, negative_prompt, guidance_scale, selector, generator)
         if live.schedule is not None and live.schedule.timed and fps is None:
             raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
-        cn, cx = live.conditioning_range
-        selector = selector or UniformConditioning(cn, cx, random.Random(generator.initial_seed()))
-        selector_range = (cn, cx)
-
+        selector = selector or UniformConditioning(*live.conditioning_range, random.Random(generator.initial_seed()))
+        recipe = ChunkRecipe(num_frames, num_inference_steps, generator, vae_batch_size, vae_scale, upscaler,
+                              upscaler_steps or num_inference_steps, output_type)
         conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
-        blender = PromptBlender(self._encode_text)
-        embeds_for: dict = {}  # the last blend's embeddings (one entry)
-        index, first_frame = start_chunk, start_frame
-        while times is None or index < times:
-            settings = live.next_chunk(index, first_frame / fps if fps else None, channel=updates, abort=abort)
-            if settings is None:
-                return  # stopped through `updates`
-            if (settings.min_conditioning_frames, settings.max_conditioning_frames) != selector_range:
-                selector_range = (settings.min_conditioning_frames, settings.max_conditioning_frames)
-                selector = UniformConditioning(*selector_range, _selector_rng(selector, generator))
-            if settings.reseed:
-                generator.manual_seed(settings.seed)
-                rng = getattr(selector, "rng", None)
-                if isinstance(rng, random.Random):
-                    rng.seed(settings.seed)
-            embeds = self._chunk_embeds(blender, settings, embeds_for)
-            frames, conditioning, used = self._next_chunk(
-                conditioning, embeds, settings, num_inference_steps, num_frames, index, selector, generator,
-                vae_batch_size, vae_scale, upscaler, upscaler_steps, output_type,
-            )
-            point = (self._resume_point(index + 1, first_frame + frames.shape[0], conditioning, generator, selector, live)
-                     if resume_points else None)
-            yield Chunk(frames=frames, index=index, first_frame=first_frame, conditioning_frames=used,
-                        prompt=settings.prompt, resume_point=point)
-            index += 1
-            first_frame += frames.shape[0]
-
-    @staticmethod
-    def _resume_point(next_chunk, next_frame, conditioning, generator, selector, live):
-        """What continuing after a chunk needs, taken right after it was made (resume.py)."""
-        from .resume import ResumePoint, live_snapshot
-
-        rng = getattr(selector, "rng", None)
-        return ResumePoint(next_chunk=next_chunk, next_frame=int(next_frame), conditioning=conditioning,
-                           generator_state=generator.get_state(),
-                           selector_rng=rng.getstate() if isinstance(rng, random.Random) else None,
-                           live=live_snapshot(live))
-
-    @staticmethod
-    def _live_settings(prompt, negative_prompt, guidance_scale, selector, generator) -> LiveSettings:
-        """The one per-chunk settings object of a stream, from whatever `stream()` was given."""
-        if isinstance(prompt, LiveSettings):
-            return prompt
-        if isinstance(prompt, PromptSchedule):
-            schedule, text = prompt, prompt.entries[0].prompt
-        elif isinstance(prompt, str):
-            schedule, text = None, prompt
-        else:
-            raise ConfigError(f"prompt: got {type(prompt).__name__}; give a str, a PromptSchedule or a LiveSettings")
-        if selector is None:
-            cn, cx = 1, 8  # the original's policy
-        elif isinstance(selector, UniformConditioning):
-            cn, cx = selector.cn, selector.cx
-        elif isinstance(selector, FixedConditioning):
-            cn = cx = selector.k
-        else:
-            cn, cx = 1, selector.max_k
-        seed = generator.initial_seed()
-        return LiveSettings(prompt=text, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
-                            min_conditioning_frames=cn, max_conditioning_frames=cx,
-                            seed=seed if seed < 2**63 else None, schedule=schedule)
-
-    @torch.inference_mode()
-    def _chunk_embeds(self, blender: PromptBlender, settings: ChunkSettings, last: dict) -> torch.Tensor:
-        """Text embeddings of a chunk: the blend of its prompts' embeddings (each prompt encoded once),
-        `[uncond, cond]` with guidance > 1, else `[cond]`. `last` keeps the previous chunk's result."""
-        do_cfg = settings.guidance_scale > 1.0
-        key: Tuple[PromptBlend, bool] = (settings.blend, do_cfg)
-        if key not in last:
-            if do_cfg:
-                cond, uncond = blender(settings.blend)
-                embeds = torch.cat([uncond, cond])
-            else:
-                embeds = blender.mix([(t.prompt, t.weight) for t in settings.blend.terms])
-            last.clear()
-            last[key] = embeds
-        return last[key]
+        yield from ChunkStream(self, live, selector, recipe, conditioning, times=times, fps=fps, updates=updates,
+                               abort=abort, start_chunk=start_chunk, start_frame=start_frame,
+                               resume_points=resume_points)
 
     def _initial_conditioning(self, image, init_latents, height, width, selector, vae_batch_size, vae_scale) -> torch.Tensor:
         if init_latents is not None:
@@ -494,28 +358,11 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             else:
                 arr = np.asarray(image if not isinstance(image, (list, tuple)) else image[0])
                 height, width = arr.shape[-3:-1]
-        for name, v in (("-HI/--height", height), ("-WI/--width", width)):
+        for name, v in (("height", height), ("width", width)):
             if int(v) % self.vae_scale_factor or int(v) < self.vae_scale_factor:
-                raise ConfigError(f"{name}: got {v}; use a positive multiple of {self.vae_scale_factor}")
+                raise bad_value(name, v, f"use a positive multiple of {self.vae_scale_factor}")
         pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
         return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
-
-    def _next_chunk(self, conditioning, prompt_embeds, settings, num_inference_steps, num_frames, index, selector,
-                    generator, vae_batch_size, vae_scale, upscaler, upscaler_steps=None, output_type="np"):
-        """Denoise + pick the next conditioning + decode. Returns (frames, next conditioning, k used);
-        frames are uint8 `[F, H, W, 3]`, or the float pixels for `output_type="pt"`.
-
-        Only the k tail latents survive this call (cloned, so the chunk's latents can be freed)."""
-        latents = self.denoise_chunk(
-            conditioning, prompt_embeds, num_frames, num_inference_steps, settings.guidance_scale, generator)
-        k = clamp_k(selector.next_k(index, num_frames), num_frames)
-        next_conditioning = latents[:, :, -k:].clone()
-        if upscaler is not None:
-            latents = self.upscale_latents(latents, upscaler, settings.blend.dominant, generator,
-                                           upscaler_steps or num_inference_steps, report=index == 0)
-        pixels = self.decode_latents(latents, vae_batch_size, vae_scale)
-        frames = pixels if output_type == "pt" else self.to_uint8(pixels)
-        return frames, next_conditioning, int(conditioning.shape[2])
 
     # -- diffusers convention -------------------------------------------------------------------
     def __call__(self, prompt: str, negative_prompt: Optional[str] = None, *, times: int = 1,

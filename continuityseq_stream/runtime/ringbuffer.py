@@ -56,9 +56,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .chunk import FrameMeta
-from .errors import ConfigError, ContinuitySeqError
-from .ipc import PipeLock, PipeSemaphore
+from ..chunk import FrameMeta
+from ..errors import ConfigError, ReaderRemoved, RingClosed, RingTimeout  # noqa: F401 (re-exported)
+from ..ipc import PipeLock, PipeSemaphore, ProcessEvent  # noqa: F401 (ProcessEvent re-exported)
 
 __all__ = ["FrameRing", "ProcessEvent", "RingClosed", "ReaderRemoved", "RingTimeout", "POLICY_CODES", "check_ring_memory",
            "ring_bytes"]
@@ -75,53 +75,6 @@ _M_SEQ, _M_INDEX, _M_CHUNK, _M_PLEN, _M_FIELDS = 0, 1, 2, 3, 4
 
 _WAIT_SLICE = 0.5  # re-check state at least this often, even without a notification
 _KEPT_MAPPED: list = []  # segments left mapped because a frame view outlived the ring (see `_unmap`)
-
-
-class RingClosed(ContinuitySeqError):
-    """The ring was closed (end of stream) and holds nothing more for this reader / writer."""
-
-
-class ReaderRemoved(ContinuitySeqError):
-    """This reader was removed from the ring."""
-
-
-class RingTimeout(ContinuitySeqError):
-    """The ring's lock could not be taken in time (another process died holding it?)."""
-
-
-class ProcessEvent:
-    """A cross-process event that a dying waiter cannot break.
-
-    `multiprocessing.Event` is built on `Condition`, whose `notify` waits for every sleeper to
-    acknowledge: once a process is killed while waiting, the next `set()` hangs forever. This one is
-    a shared flag plus a semaphore; `set` never blocks, and each waiter passes the wake-up on. Neither
-    has a name in /dev/shm (`ipc.PipeSemaphore`, and `RawValue` lives in an unlinked mapping).
-    """
-
-    def __init__(self, ctx=None) -> None:
-        ctx = ctx or mp.get_context("spawn")
-        self._flag = ctx.RawValue("b", 0)
-        self._sem = PipeSemaphore(0)
-
-    def set(self) -> None:
-        self._flag.value = 1
-        self._sem.release()
-
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """True once set; False after `timeout` seconds (None: wait as long as it takes)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._flag.value:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            if self._sem.acquire(timeout=_WAIT_SLICE if left is None else min(left, _WAIT_SLICE)):
-                self._sem.release()  # pass it on to the next waiter
-                if self._flag.value:
-                    return True
-        return True
 
 
 def ring_bytes(slots: int, height: int, width: int, prompt_bytes: int = 256) -> int:

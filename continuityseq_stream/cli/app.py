@@ -10,11 +10,11 @@ bottom or in the module that defines it, imported here).
 
 `run` takes every flag of the original `inference.py` (short and long names as the original;
 underscore and hyphen spellings both accepted) and writes an H.264 mp4 while chunks arrive. The
-loop that moves chunks to the output is `runtime.run` (producer process, ring buffer, several
-sinks); `prepare_stream()` builds its sinks and options first and `run_loop()` does both.
+loop that moves chunks to the output is `runtime.loop.run` (producer process, ring buffer, several
+sinks); `prepare_stream()` builds its sinks and options first, so that bad input fails before it.
 
 Bad input is refused before anything starts, in this order: flag values (`GenerationConfig`),
-`session.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
+`pipeline.chunk_source.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
 options, the frame ring's shared memory, every --sink). Library errors name arguments; `flag_for`
 spells them as this command's flags (see errors.py).
 
@@ -34,8 +34,8 @@ from typing import Iterable, Optional
 import click
 from click.core import ParameterSource
 
-from .config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
-from .errors import ConfigError, ContinuitySeqError
+from ..config import DEFAULT_MODEL, DEFAULT_MODEL_2D, DEFAULT_UPSCALER, DTYPES, GenerationConfig
+from ..errors import ConfigError, ContinuitySeqError
 
 logger = logging.getLogger("continuityseq_stream")
 
@@ -125,9 +125,9 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
     frame: a run that fails before it leaves nothing behind).
     schedule: a `PromptSchedule` (--prompts-file); control: the --control bind address;
     sink_timeout: --sink-timeout (a sink stuck that long is detached, see docs/reliability.md);
-    threads: the producer's torch CPU threads (--threads; None: the default of threads.py)."""
-    from .ringbuffer import check_ring_memory
-    from .runtime import RuntimeOptions, build_sinks
+    threads: the producer's torch CPU threads (--threads; None: the default of runtime/threads.py)."""
+    from ..runtime.ringbuffer import check_ring_memory
+    from ..runtime.loop import RuntimeOptions, build_sinks
 
     options = RuntimeOptions(duration=duration, ring_frames=ring_frames,
                              source_kwargs={"save_init_to": save_init_to}, schedule=schedule,
@@ -135,19 +135,10 @@ def prepare_stream(config: GenerationConfig, output_path: str, *, save_init_to: 
                              sink_timeout=sink_timeout, threads=threads)
     check_ring_memory(options.ring_frames, *config.frame_size)
     if not sinks:  # the path as a sink object: a '?' in -o must not be read as URI options
-        from .sinks.file import FileSink
+        from ..sinks.file import FileSink
 
         return [FileSink(output_path)], options
     return build_sinks(sinks), options
-
-
-def run_loop(config: GenerationConfig, output_path: str, **stream) -> int:
-    """Stream `config` through the runtime (producer process, shared-memory ring, one thread per sink)
-    and return the exit status; `stream` as `prepare_stream`."""
-    from .runtime import run
-
-    sinks, options = prepare_stream(config, output_path, **stream)
-    return run(config, sinks, options)
 
 
 # -- the `run` command ---------------------------------------------------------------------------
@@ -220,7 +211,7 @@ RUN_OPTIONS = [
               "and its gamma 0.98 per frame and channel (darker: white becomes 228). See docs/differences.md."),
     _opt(None, "--compile", "compile", is_flag=True,
          help="torch.compile the UNet: the first chunk waits for the compilation (minutes), later steps run faster."),
-    # streaming (runtime.py)
+    # streaming (runtime/)
     _opt(None, "--sink", "sinks", multiple=True, metavar="URI",
          help="Where frames go, repeatable: file:PATH, rtmp://..., ffmpeg:URL, zmq+pub://HOST:PORT, "
               "zmq+push://HOST:PORT, preview, - (raw rgb24 on stdout). Default: the mp4 in --output-dir."),
@@ -234,7 +225,7 @@ RUN_OPTIONS = [
     _opt(None, "--threads", "threads", type=int, default=None, metavar="N",
          help="CPU threads of the model's process (torch intra-op). Default: $OMP_NUM_THREADS if set, "
               "else the available CPUs minus one (a core for the sinks and ffmpeg). Use 1 on a busy machine."),
-    # prompt schedules and live control (prompts.py, control.py)
+    # prompt schedules and live control (prompts/, control/)
     _opt(None, "--prompts-file", "prompts_file", default=None, metavar="FILE",
          help="One prompt per line (optional 'PROMPT | NEGATIVE', optional mm:ss stamps); overrides -p."),
     _opt(None, "--prompts-interval", "prompts_interval", type=int, default=None, metavar="N",
@@ -260,7 +251,7 @@ PROMPT_OPTIONS = ("prompts_file", "prompts_interval", "loop_prompts")
 def schedule_from_options(options: dict):
     """--prompts-file/--prompts-interval/--loop-prompts -> a PromptSchedule or None (ConfigError when
     the file is bad or the other two come without it)."""
-    from .prompts import PromptSchedule
+    from ..prompts import PromptSchedule
 
     path, interval, loop = (options[k] for k in PROMPT_OPTIONS)
     if path is None:
@@ -317,7 +308,7 @@ def _size_from_init(options: dict) -> bool:
     """-i/--init-video without both -WI and -HI: the video takes the image's (the video's frame) size,
     rounded down to multiples of 8, as the original; a given -WI or -HI wins (see
     `sources.fit_video_size`). Returns True when the size was set here."""
-    from .sources import fit_video_size, init_source_size
+    from ..pipeline.first_frame import fit_video_size, init_source_size
 
     if _given("width") and _given("height"):
         return False
@@ -339,7 +330,7 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
     `skip`: fields already decided otherwise (the size an init image gave). Returns what was applied,
     for a log line once the input has passed its checks (a run refused for bad input prints its one
     error line and nothing else)."""
-    from .demo_model import DEMO_SETTINGS
+    from ..demo.trained import DEMO_SETTINGS
 
     applied = []
     for field, key in _DEMO_FLAGS.items():
@@ -352,8 +343,8 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
 def build_run_config(options: dict):
     """The `run` flags' values -> (GenerationConfig, PromptSchedule or None, the STREAM_OPTIONS values,
     the demo settings applied), after the preflight checks; bad input raises. Shared with `serve`."""
-    from .session import TRAINED_DEMO_NAMES, preflight, resolve_seed
-    from .tiny import RANDOM_DEMO_NAME
+    from ..pipeline.chunk_source import preflight, resolve_seed
+    from ..pipeline.resolve import DEMO_NAME, demo_kind, is_trained_demo
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}
     if stream.pop("forever"):
@@ -364,11 +355,11 @@ def build_run_config(options: dict):
             raise ConfigError("-p/--prompt: missing; give a prompt, or a --prompts-file")
         options["prompt"] = schedule.entries[0].prompt  # names the output; the file decides every chunk
     if options["model_2d"] is None:  # the offline random demo pairs with the offline text-to-image demo
-        options["model_2d"] = "demo" if options["model"] == RANDOM_DEMO_NAME else DEFAULT_MODEL_2D
+        options["model_2d"] = DEMO_NAME if demo_kind(options["model"]) == "random" else DEFAULT_MODEL_2D
     # precedence of the size: -WI/-HI given > the init image's (video's) size > the demo's > defaults
     sized = _size_from_init(options)
     demo_applied = (_demo_defaults(options, skip=("width", "height") if sized else ())
-                    if options["model"] in TRAINED_DEMO_NAMES else [])
+                    if is_trained_demo(options["model"]) else [])
     config = resolve_seed(config_from_options(options))
     preflight(config)  # bad input fails here, in a second, before the producer process starts
     return config, schedule, stream, demo_applied
@@ -388,7 +379,7 @@ def _run(**options) -> None:
     sinks, run_options = prepare_stream(config, path, save_init_to=save_init_to, schedule=schedule, **stream)
     if demo_applied:  # only now: input refused above gets its one error line and nothing else
         logger.info("demo model settings (flags not given): %s", ", ".join(demo_applied))
-    from .runtime import run as run_stream
+    from ..runtime.loop import run as run_stream
 
     status = run_stream(config, sinks, run_options)
     if not stream["sinks"] and os.path.exists(path):
@@ -404,9 +395,9 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 
 def _add_subcommands() -> None:
-    from .control import control_command
-    from .service.command import make_serve_command
-    from .zmq import subscribe_command
+    from ..control import control_command
+    from ..service.command import make_serve_command
+    from ..sinks.receiver import subscribe_command
 
     main.add_command(subscribe_command)
     main.add_command(control_command)

@@ -15,7 +15,7 @@ output looks like coloured noise.
 
 Scheduler: ModelScope's text-to-video DDIM config (scaled-linear betas 0.00085 -> 0.012, 1000 train
 steps, epsilon prediction, clip_sample False, set_alpha_to_one False, steps_offset 1). The real
-checkpoint's scheduler config was not seen; this is *assumed* (ARCHITECTURE.md §10).
+checkpoint's scheduler config was not seen; this is *assumed* (tests/golden/ARCHITECTURE.md §10).
 
 Seeding uses `torch.random.fork_rng`, so building a tiny model leaves the global RNG untouched.
 """
@@ -35,17 +35,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEMO_NAME", "RANDOM_DEMO_NAME", "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
+    "TINY_TEXT_DIM", "TINY_UNET_CONFIG", "MODELSCOPE_SCHEDULER_CONFIG",
     "make_tokenizer", "make_text_encoder", "make_vae", "make_unet", "make_scheduler",
     "get_dummy_components", "save_tiny_pipeline", "save_tiny_sd_pipeline", "save_tiny_upscaler",
     "demo_cache_dir", "demo_model_path", "demo_2d_model_path", "demo_upscaler_path", "DEMO_LABEL",
 ]
 
-#: the `--model-2d` / `--upscaler` value that selects their tiny random demo models
-DEMO_NAME = "demo"
-#: the `--model` value of the tiny random-weight ContinuitySeq (fast; what the tests use). `--model demo`
-#: is the trained demo that ships with the package (`demo_model.py`).
-RANDOM_DEMO_NAME = "demo-random"
 #: bump when the tiny architecture changes, so stale caches are rebuilt
 _DEMO_VERSION = "v1"
 DEMO_LABEL = (
@@ -95,7 +90,7 @@ def make_tokenizer(max_length: int = 77):
     """A CLIP tokenizer with a byte-level vocabulary (every prompt tokenizes; no merges).
 
     Built with `CLIPTokenizer(vocab=dict, merges=list)`: in transformers 5 the `vocab_file=` form
-    silently yields a 2-token vocabulary (PITFALLS.md).
+    silently yields a 2-token vocabulary (transformers 5 ignores the files).
     """
     from transformers import CLIPTokenizer
 
@@ -121,7 +116,7 @@ def make_text_encoder(vocab_size: int, hidden_size: int = TINY_TEXT_DIM):
 
 
 def make_vae():
-    """Tiny AutoencoderKL with 4 down blocks: the 8x spatial factor of SD VAEs (PITFALLS.md)."""
+    """Tiny AutoencoderKL with 4 down blocks: the 8x spatial factor of SD VAEs (two blocks give only 2x)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -133,7 +128,7 @@ def make_vae():
 
 def make_unet(**overrides):
     """Tiny ContinuitySeq-A (A-prev layout) UNet; cross_attention_dim = the tiny text width."""
-    from .models import ContinuitySeqUNet
+    from ..models import ContinuitySeqUNet
 
     return ContinuitySeqUNet(**{**TINY_UNET_CONFIG, **overrides}).eval()
 

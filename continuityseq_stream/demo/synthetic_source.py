@@ -1,18 +1,20 @@
 """A synthetic chunk source for tests and benchmarks of the streaming runtime (no model needed).
 
-`synthetic_stream(config)` yields `Chunk`s like `session.open_stream` does: `config.times` chunks of
+`synthetic_stream(config)` yields `Chunk`s like `pipeline.chunk_source.open_stream` does: `config.times` chunks of
 `config.num_frames` frames of `config.height` x `config.width` (or forever when `times` is 0). Every
 frame is a pure function of its global index, so a test can recompute what any sink should have
 received: a diagonal colour gradient that moves one step per frame, with the frame index written as
 16 black/white blocks (most significant bit first) across the top rows. The blocks survive lossy
 H.264 at the default quality, so `decode_index` reads the index back from a decoded file frame.
 
-Used through the producer's source hook, e.g. `RuntimeOptions(source="continuityseq_stream.testing:
+Used through the producer's source hook, e.g. `RuntimeOptions(source="continuityseq_stream.demo.synthetic_source:
 synthetic_stream", source_kwargs={"delay": 0.05})`. Knobs, all explicit arguments:
     delay: seconds of simulated compute per chunk (time.sleep inside the generator, like a model).
     fail_after: raise RuntimeError("synthetic failure ...") instead of producing that chunk.
+    fail_as_config: with `fail_after`, raise a ConfigError naming `guidance_scale` instead (a user
+        error raised in the producer process, as a bad setting found there would be).
 Like the real source it takes the live-control arguments `schedule`, `updates` and `abort` (see
-prompts.py): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
+prompts/): each chunk's `prompt` (and so the frame headers) follows the schedule and live changes,
 pause/stop work at chunk boundaries; the pixels do not depend on the prompt.
 """
 
@@ -23,9 +25,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .chunk import Chunk
-from .config import GenerationConfig
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from ..chunk import Chunk
+from ..config import GenerationConfig
+from ..errors import bad_value
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
 
 __all__ = ["synthetic_frame", "synthetic_stream", "decode_index", "INDEX_BITS"]
 
@@ -65,7 +68,7 @@ def decode_index(frame: np.ndarray) -> int:
 
 def synthetic_stream(
     config: GenerationConfig, *, delay: float = 0.0, fail_after: Optional[int] = None,
-    schedule: Optional[PromptSchedule] = None, updates: Optional[UpdateChannel] = None,
+    fail_as_config: bool = False, schedule: Optional[PromptSchedule] = None, updates: Optional[UpdateChannel] = None,
     abort: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Chunk]:
     """Chunks of deterministic moving-pattern frames (see the module docstring)."""
@@ -76,6 +79,8 @@ def synthetic_stream(
         settings = live.next_chunk(n, n * f / config.fps, channel=updates, abort=abort)
         if settings is None:
             return
+        if fail_after is not None and n >= fail_after and fail_as_config:
+            raise bad_value("guidance_scale", config.guidance_scale, f"synthetic failure before chunk {n}")
         if fail_after is not None and n >= fail_after:
             raise RuntimeError(f"synthetic failure before chunk {n}")
         if delay:

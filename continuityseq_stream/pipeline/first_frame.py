@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +79,6 @@ def pixels_to_uint8(x: torch.Tensor) -> np.ndarray:
     """`[N, 3, H, W]` in [-1, 1] -> uint8 `[N, H, W, 3]` (clamped, (x + 1) * 127.5, rounded)."""
     x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
-
-
-def pixels_to_uint8_into(pixels: torch.Tensor, out: np.ndarray) -> None:
-    """One frame `[3, H, W]` in [-1, 1] -> `out` uint8 `[H, W, 3]`, the same values as `pixels_to_uint8`.
-
-    The rounded floats are cast while they are copied into `out` (on a CUDA device they become uint8
-    there first, so only one byte per channel crosses to the host): no intermediate uint8 frame."""
-    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
-    if x.device.type != "cpu":
-        x = x.to(torch.uint8)
-    torch.from_numpy(out).copy_(x.permute(1, 2, 0))
 
 
 @contextlib.contextmanager
@@ -262,15 +251,15 @@ def generate_init_image(
     """
     from diffusers import AutoPipelineForText2Image
 
-    from .pipeline import resolve_pretrained_path
+    from .resolve import resolve_pretrained_path
 
-    folder = resolve_pretrained_path(model_2d, flag="-MP/--model-2d", demo="2d")
+    folder = resolve_pretrained_path(model_2d, demo="2d")
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(folder, torch_dtype=dtype)
     except Exception as e:  # diffusers raises many kinds for a folder that is not a pipeline
         raise CheckpointError(
-            f"-MP/--model-2d: cannot load {model_2d!r} as a text-to-image pipeline ({type(e).__name__}: {e}); "
-            "pass a diffusers text-to-image folder or hub id, e.g. stabilityai/stable-diffusion-2-1"
+            f"{{model_2d}}: cannot load {model_2d!r} as a text-to-image pipeline ({type(e).__name__}: {e}); "
+            "pass a diffusers text-to-image folder or hub id, e.g. stabilityai/stable-diffusion-2-1", names=("model_2d",)
         ) from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(leave=False)
@@ -299,15 +288,15 @@ def load_upscaler(upscaler: str, *, device: Union[str, torch.device] = "cpu", dt
     stabilityai/sd-x2-latent-upscaler) as a `StableDiffusionLatentUpscalePipeline` on `device`."""
     from diffusers import StableDiffusionLatentUpscalePipeline
 
-    from .pipeline import resolve_pretrained_path
+    from .resolve import resolve_pretrained_path
 
-    folder = resolve_pretrained_path(upscaler, flag="--upscaler", demo="upscaler")
+    folder = resolve_pretrained_path(upscaler, demo="upscaler")
     try:
         pipe = StableDiffusionLatentUpscalePipeline.from_pretrained(folder, torch_dtype=dtype)
     except Exception as e:
         raise CheckpointError(
-            f"--upscaler: cannot load {upscaler!r} as a latent upscaler ({type(e).__name__}: {e}); "
-            "pass a StableDiffusionLatentUpscalePipeline folder or hub id, e.g. stabilityai/sd-x2-latent-upscaler"
-        ) from None
+            f"{{upscaler}}: cannot load {upscaler!r} as a latent upscaler ({type(e).__name__}: {e}); "
+            "pass a StableDiffusionLatentUpscalePipeline folder or hub id, e.g. stabilityai/sd-x2-latent-upscaler",
+            names=("upscaler",)) from None
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)

@@ -13,7 +13,7 @@ The one entry point the CLI and the producer process share. It
    policy (k uniform in [CN, CX]) with a `random.Random(seed)`, and a CPU `torch.Generator(seed)`
    for all noise;
 5. yields `Chunk`s, `times` of them (0 = forever), each with the settings `LiveSettings` gives it
-   (the config's values < a prompt file's schedule < live updates; see prompts.py); with
+   (the config's values < a prompt file's schedule < live updates; see prompts/live.py); with
    `--original-postprocess` their frames get the original's truncation, CLAHE and gamma.
 
 Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError`s.
@@ -33,10 +33,11 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .chunk import Chunk
-from .config import GenerationConfig
-from .errors import ConfigError
-from .prompts import LiveSettings, PromptSchedule, UpdateChannel
+from ..chunk import Chunk
+from ..config import GenerationConfig
+from ..errors import ConfigError
+from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
+from .resolve import demo_kind, is_trained_demo, resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ __all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_se
 
 #: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
 #: ("demo-trained": the same, its name before it became the default demo)
-TRAINED_DEMO_NAME = "demo"
-TRAINED_DEMO_NAMES = ("demo", "demo-trained")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -108,12 +107,10 @@ _UPSCALER_DOWN_BLOCKS = 4
 def _upscaler_down_blocks(config: GenerationConfig) -> int:
     """Down blocks of the `--upscaler` UNet, from its `unet/config.json` (cheap: no weights are read);
     the SD x2 latent upscaler's 4 for the demo and when the file says nothing."""
-    from .pipeline import resolve_pretrained_path
-    from .tiny import DEMO_NAME
 
-    if config.upscaler == DEMO_NAME:
+    if demo_kind(config.upscaler, "upscaler"):
         return _UPSCALER_DOWN_BLOCKS
-    folder = resolve_pretrained_path(config.upscaler, flag="--upscaler", demo="upscaler")
+    folder = resolve_pretrained_path(config.upscaler, demo="upscaler")
     try:
         with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
             blocks = len(json.load(f).get("down_block_types") or ())
@@ -148,7 +145,7 @@ def check_upscaler_size(config: GenerationConfig) -> None:
 def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
     """Pixels `[Fc, 3, H, W]` in [-1, 1] from -i or --init-video (cheap; checked before heavy work),
     or None when the text-to-image model must render them."""
-    from . import sources
+    from . import first_frame as sources
 
     if config.init_image is not None:
         return sources.load_init_image(config.init_image, config.height, config.width)
@@ -158,14 +155,14 @@ def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
 
 
 def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
-    from . import sources
+    from . import first_frame as sources
 
-    if config.model in TRAINED_DEMO_NAMES:
+    if is_trained_demo(config.model):
         # the trained demo knows only synthetic moving shapes: its first frame is the shape the prompt
         # asks for, drawn by the same generator it was trained on (-MP is not used)
-        from .demo_model import demo_init_frame
+        from ..demo.trained import demo_init_frame
 
-        logger.info("first frame drawn by the synthetic-shapes generator (%s)", TRAINED_DEMO_NAME)
+        logger.info("first frame drawn by the synthetic-shapes generator (%s)", config.model)
         return sources.to_pixels(demo_init_frame(config.prompt, config.seed), config.height, config.width)
     logger.info("rendering the init image with %s", config.model_2d)
     return sources.generate_init_image(
@@ -174,7 +171,7 @@ def _render_init(config: GenerationConfig, runtime: Runtime) -> torch.Tensor:
         negative_prompt=config.negative_prompt, guidance_scale=config.image_guidance_scale,
         generator=torch.Generator("cpu").manual_seed(config.seed), device=runtime.device, dtype=runtime.dtype,
         # a real text-to-image model uses its own default number of steps; the demo one is noise anyway
-        num_inference_steps=config.num_steps if config.model_2d == "demo" else None,
+        num_inference_steps=config.num_steps if demo_kind(config.model_2d, "2d") else None,
     )
 
 
@@ -200,18 +197,16 @@ def preflight(config: GenerationConfig) -> None:
     `runtime.run` before the producer starts.) `open_stream` repeats them (it is
     also used on its own). The demo model is not built here.
     """
-    from .pipeline import resolve_pretrained_path
-    from .tiny import DEMO_NAME, RANDOM_DEMO_NAME
 
-    from .resume import check_resume_options
+    from ..resume import check_resume_options
 
     resolve_runtime(config)
     pixels = _init_pixels(config)
     check_resume_options(config)  # --state-dir / --resume: the state's small JSON part only
-    if config.model != RANDOM_DEMO_NAME:  # (the random demo is built on first use, not here)
+    if demo_kind(config.model) != "random":  # (the random demo is built on first use, not here)
         resolve_pretrained_path(config.model)
-    if pixels is None and config.model not in TRAINED_DEMO_NAMES and config.model_2d != DEMO_NAME:
-        resolve_pretrained_path(config.model_2d, flag="-MP/--model-2d", demo="2d")
+    if pixels is None and not is_trained_demo(config.model) and not demo_kind(config.model_2d, "2d"):
+        resolve_pretrained_path(config.model_2d, demo="2d")
     check_upscaler_size(config)  # (also resolves a non-demo --upscaler)
 
 
@@ -233,13 +228,12 @@ def open_stream(
     updates: an `UpdateChannel` carrying live changes (control socket); they apply at chunk boundaries.
     abort: checked while paused; True ends the stream (the producer is stopping).
     output_type: as `pipe.stream` ("pt": float pixels, which the producer converts into its ring slots).
-    The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts.py).
+    The per-chunk settings are `LiveSettings.from_config(config, schedule)` (see prompts/live.py).
     """
     from .conditioning import UniformConditioning
-    from .pipeline import ContinuitySeqPipeline, resolve_pretrained_path
-    from .resume import check_resume_options, load_resume_point, restore_live, restore_rng, state_dir_of
-
-    from .tiny import DEMO_LABEL, DEMO_NAME, RANDOM_DEMO_NAME
+    from ..demo.tiny import DEMO_LABEL
+    from ..resume import check_resume_options, load_resume_point, restore_live, restore_rng, state_dir_of
+    from .pipeline import ContinuitySeqPipeline
 
     # Cheap checks first, so that bad input fails in one line before any heavy work or log line.
     config = resolve_seed(config)
@@ -248,13 +242,13 @@ def open_stream(
     check_upscaler_size(config)
     check_resume_options(config)
     folder = resolve_pretrained_path(config.model)  # builds the demo model on first use: after the cheap checks
-    if config.model in TRAINED_DEMO_NAMES:
-        from .demo_model import TRAINED_DEMO_LABEL
+    if is_trained_demo(config.model):
+        from ..demo.trained import TRAINED_DEMO_LABEL
 
         logger.info(TRAINED_DEMO_LABEL)
-    if config.model == RANDOM_DEMO_NAME or DEMO_NAME in (
-            config.model_2d if pixels is None and config.model not in TRAINED_DEMO_NAMES else None,
-            config.upscaler if config.upscale else None):
+    draws_2d = pixels is None and not is_trained_demo(config.model)
+    if (demo_kind(config.model) == "random" or (draws_2d and demo_kind(config.model_2d, "2d"))
+            or (config.upscale and demo_kind(config.upscaler, "upscaler"))):
         logger.warning(DEMO_LABEL)
     logger.info("seed %s, device %s, dtype %s, attention %s",
                 "from the saved state" if config.resume else config.seed, runtime.device,
@@ -268,7 +262,7 @@ def open_stream(
             prompt=first.prompt, negative_prompt=config.negative_prompt if first.negative is None else first.negative),
             runtime)
     if config.save_init and point is None:
-        from .sources import save_init_image
+        from .first_frame import save_init_image
 
         path = save_init_to or os.path.join(config.output_dir, f"init_{config.seed}.png")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -281,7 +275,7 @@ def open_stream(
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
     upscaler = None
     if config.upscale:
-        from .sources import load_upscaler
+        from .first_frame import load_upscaler
 
         upscaler = load_upscaler(config.upscaler, device=runtime.device, dtype=runtime.dtype)
         upscaler.set_progress_bar_config(disable=True)

@@ -1,6 +1,6 @@
 """`--original-postprocess`: the original `inference.py`'s look, for users who want it.
 
-What the original (REF-A HEAD, ARCHITECTURE.md §9.6) does to the decoded frames before writing:
+What the original (REF-A HEAD, tests/golden/ARCHITECTURE.md §9.6) does to the decoded frames before writing:
 
 1. clamp to [-1, 1], `(x + 1) * 127.5`, then **truncate** to uint8 (`.byte()`): this project
    rounds instead (`sources.pixels_to_uint8`), so its frames are half an LSB brighter on average;

@@ -6,17 +6,18 @@ per frame: global index (`chunk.first_frame + i`), chunk index, pts = index / fp
 
 The chunk source is an import path "module:function", called in the child as
 `function(config, **source_kwargs, schedule=..., updates=..., abort=...)` and returning an iterator of
-`Chunk`s. The last three are live control (prompts.py): the prompt file's `PromptSchedule` or None, the
+`Chunk`s. The last three are live control (prompts/): the prompt file's `PromptSchedule` or None, the
 `UpdateChannel` the parent submits changes to (or None), and a callable that turns True once the
 producer is asked to stop (a source waiting while paused gives up then). The default is the real
-pipeline, `continuityseq_stream.session:open_stream`; tests use `continuityseq_stream.testing`.
+pipeline, `continuityseq_stream.pipeline.chunk_source:open_stream`; tests use `continuityseq_stream.demo.synthetic_source`.
 
 Protocol with the parent (`Producer` is the parent's handle):
     child -> parent, over a pipe (`ipc.MessagePipe`: no named semaphores, nothing for a SIGKILL to
         leave in /dev/shm): ("shape", height, width) once the first chunk is decoded; the parent
         then `allocate`s the ring and the child attaches to it and says ("attached",), upon which the
         parent unlinks the segment's name (nothing can leak, even after SIGKILL). ("done", chunks) at the end of the
-        source; ("error", type name, message, unexpected) when it failed. Unexpected errors (anything
+        source; ("error", type name, message, unexpected, template, names) when it failed (the last two
+        let the parent rebuild the same error: `errors.rebuild_error`). Unexpected errors (anything
         but `ContinuitySeqError`) also print their traceback on the child's stderr.
     ("log", logger name, level, message) for each record of the "continuityseq_stream" loggers in
         the child; the parent re-emits them through its own logging (one log stream, on stderr).
@@ -28,7 +29,7 @@ Protocol with the parent (`Producer` is the parent's handle):
         the sinks can drain without waiting for the model. `kill()` after a grace period ends a child
         stuck in compute.
 
-CPU threads (threads.py): the child exports `OMP_NUM_THREADS`/`MKL_NUM_THREADS` = `threads` and a
+CPU threads (runtime/threads.py): the child exports `OMP_NUM_THREADS`/`MKL_NUM_THREADS` = `threads` and a
 passive OpenMP wait policy first thing, before the source (and with it torch) is imported, then sizes
 torch's pool once the source module has loaded it, and logs the count torch reports.
 
@@ -49,18 +50,18 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Optional
 
-from .chunk import FrameMeta
-from .config import GenerationConfig
-from .errors import ConfigError, ContinuitySeqError
-from .ipc import MessagePipe
-from .prompts import PromptSchedule, UpdateChannel
-from .resume import StateKeeper
-from .ringbuffer import FrameRing, ProcessEvent, RingClosed
+from ..chunk import FrameMeta
+from ..config import GenerationConfig
+from ..errors import ConfigError, ContinuitySeqError, error_state
+from ..ipc import MessagePipe, ProcessEvent
+from ..prompts import PromptSchedule, UpdateChannel
+from ..resume import StateKeeper
+from .ringbuffer import FrameRing, RingClosed
 from .threads import apply_in_child, resolve_threads, set_torch_threads
 
 __all__ = ["Producer", "DEFAULT_SOURCE", "resolve_source", "check_source_spec"]
 
-DEFAULT_SOURCE = "continuityseq_stream.session:open_stream"
+DEFAULT_SOURCE = "continuityseq_stream.pipeline.chunk_source:open_stream"
 _LIVE_KWARGS = ("schedule", "updates", "abort")  # passed to every source by the producer
 LOGGER = "continuityseq_stream"  # records of this logger in the child are re-emitted in the parent
 
@@ -355,11 +356,11 @@ def _child_main(config, ring, source, source_kwargs, stop, events, stats, log_le
     try:
         child.run(source, source_kwargs, schedule, channel, threads)
         events.send(("done", int(stats[_S_CHUNKS])))
-    except ContinuitySeqError as e:
-        events.send(("error", type(e).__name__, str(e), False))
+    except ContinuitySeqError as e:  # the class, template and names survive: the parent rebuilds it
+        events.send(("error", type(e).__name__, str(e), False, *error_state(e)[1:]))
     except BaseException as e:  # noqa: BLE001 - report everything to the parent, then exit non-zero
         traceback.print_exc(file=sys.stderr)
-        events.send(("error", type(e).__name__, str(e) or repr(e), True))
+        events.send(("error", type(e).__name__, str(e) or repr(e), True, *error_state(e)[1:]))
     finally:
         child.finish()
         if channel is not None:

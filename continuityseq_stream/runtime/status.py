@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-__all__ = ["SinkStatus", "format_status", "format_duration"]
+__all__ = ["SinkStatus", "format_status", "format_duration", "status_dict"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,22 @@ def format_status(
             text += f" ({s.state})"
         parts.append(text)
     return " | ".join(parts)
+
+
+def status_dict(*, elapsed: float, chunks: int, frames: int, gen_fps: float, out_fps: float, ring_fill: int,
+                ring_slots: int, sinks: list[SinkStatus], stopping: bool) -> dict:
+    """The status line's figures as the control `status` answer carries them (a wire format)."""
+    rows = [{"name": s.name, "frames": s.written, "skipped": s.skipped, "state": s.state, **dict(s.extra)}
+            for s in sinks]
+    return {
+        "elapsed": round(elapsed, 3),
+        "chunks_made": chunks,
+        "frames_made": frames,
+        "gen_fps": round(gen_fps, 3),
+        "out_fps": float(out_fps),
+        "ring_fill": ring_fill,
+        "ring_slots": ring_slots,
+        "skipped": {r["name"]: r["skipped"] for r in rows},
+        "sinks": rows,
+        "stopping": stopping,
+    }

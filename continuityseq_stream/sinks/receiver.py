@@ -1,6 +1,6 @@
 """Receive frames from a `zmq+pub://` or `zmq+push://` sink, in three lines of Python:
 
-    from continuityseq_stream.zmq import subscribe
+    from continuityseq_stream.sinks.receiver import subscribe
     for frame, header in subscribe("tcp://127.0.0.1:5555"):      # pull=True for a zmq+push sink
         print(header["index"], frame.shape)                       # frame: uint8 [H, W, 3] RGB
 
@@ -9,7 +9,7 @@ TimeoutError (a PUB subscriber that joined late can miss the EOS, so keep a time
 read-only views of the received bytes (`frame.copy()` to modify).
 
 `subscribe_command` is the `continuityseq-stream subscribe` command; this module also runs alone:
-`python -m continuityseq_stream.zmq tcp://127.0.0.1:5555 --count 10`.
+`python -m continuityseq_stream.sinks.receiver tcp://127.0.0.1:5555 --count 10`.
 """
 
 from __future__ import annotations
