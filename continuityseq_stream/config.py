@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from .errors import ConfigError, bad_value
 
 DEFAULT_MODEL = "b-f/ContinuitySeq-A"
+#: what a Hugging Face hub id looks like (`owner/name`); here, not in models/, so that the model-name
+#: checks of the main process need no torch
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEFAULT_MODEL_2D = "stabilityai/stable-diffusion-2-1"
 DEFAULT_UPSCALER = "stabilityai/sd-x2-latent-upscaler"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -216,3 +221,10 @@ def _number(config: GenerationConfig, name: str, lo: float, hi: Optional[float],
           and (value > lo if open_low else value >= lo) and (hi is None or value <= hi))
     if not ok:
         raise bad_value(name, value, what_works)
+
+
+def resolve_seed(config: GenerationConfig) -> GenerationConfig:
+    """The config with a seed: `-r` if given, else a random one in [0, 9,999,999] (the original's range)."""
+    if config.seed is not None:
+        return config
+    return config.replace(seed=random.SystemRandom().randint(0, 9_999_999))

@@ -1,5 +1,5 @@
-"""The import-linter contract in setup.cfg ([importlinter]): the layers, the torch-free runtime and
-no import circles hold, and a deliberately wrong import breaks them (so the check can fail)."""
+"""The import-linter contract in setup.cfg ([importlinter]): the layers, the torch-free runtime, the
+torch-free checks of the main process (preflight) and no import circles hold, and a deliberately wrong import breaks them (so the check can fail)."""
 
 import os
 import shutil
@@ -32,7 +32,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_the_contract_holds():
     out = _lint(ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "3 kept, 0 broken" in out.stdout
+    assert "4 kept, 0 broken" in out.stdout
 
 
 @pytest.mark.slow
@@ -45,7 +45,9 @@ def test_the_runtime_importing_the_pipeline_breaks_it(tmp_path):
     text = " ".join(out.stdout.split())
     assert "continuityseq_stream.runtime is not allowed to import continuityseq_stream.pipeline" in text
     assert "continuityseq_stream.runtime.status -> continuityseq_stream.pipeline.pipeline" in text
-    assert "2 kept, 1 broken" in text  # the layers allow it (runtime sits above); the forbidden contract does not
+    # the layers allow it (runtime sits above); the forbidden contracts do not: the runtime's own, and the
+    # main process's (the CLI imports the runtime)
+    assert "2 kept, 2 broken" in text
 
 
 @pytest.mark.slow
@@ -58,3 +60,16 @@ def test_an_import_circle_breaks_it(tmp_path):
     text = " ".join(out.stdout.split())
     assert "No import circles between sibling modules or packages BROKEN" in text
     assert "Layers: " in text and "core types BROKEN" in text
+
+
+@pytest.mark.slow
+def test_the_init_file_readers_importing_torch_breaks_it(tmp_path):
+    root = _copy(tmp_path)
+    readers = root / "continuityseq_stream" / "pipeline" / "init_files.py"
+    readers.write_text(readers.read_text() + "\nimport torch  # wrong: the main process reads these files\n")
+    out = _lint(root)
+    assert out.returncode == 1
+    text = " ".join(out.stdout.split())
+    assert "continuityseq_stream.pipeline.init_files is not allowed to import torch" in text
+    assert "continuityseq_stream.cli is not allowed to import torch" in text  # cli -> preflight -> init_files
+    assert "only the producer loads the model BROKEN" in text and "3 kept, 1 broken" in text

@@ -169,7 +169,7 @@ def test_kill9_then_resume_continues_the_same_video(tmp_path):
 RUNNER = r"""
 import os, sys
 marker = sys.argv[1]
-from continuityseq_stream import producer
+from continuityseq_stream.runtime import producer
 
 def _must_not_start(self, *args, **kwargs):
     with open(marker, "w") as f:

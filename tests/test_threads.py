@@ -121,3 +121,57 @@ def test_a_cli_run_keeps_torch_out_of_the_main_process_and_the_producer_runs_thr
     # the producer's own line, written after torch is imported there: torch.get_num_threads()
     threads_logged = re.findall(r"attention \w+, (\d+) CPU threads?", out.stderr)
     assert threads_logged == ["3"], out.stderr[-3000:]
+
+
+PREFLIGHT_PROBE = """
+import json, sys
+from continuityseq_stream.cli.app import build_run_config, main, run
+from continuityseq_stream.errors import ContinuitySeqError
+
+results = []
+for args in json.loads(sys.argv[1]):
+    try:
+        with run.make_context("run", list(args)) as ctx:  # the flags -> options, as `run` gets them
+            config = build_run_config(dict(ctx.params))[0]
+            results.append([config.width, config.height])
+    except ContinuitySeqError as e:
+        results.append(str(e))
+heavy = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
+print(json.dumps({"results": results, "loaded": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+@pytest.mark.slow
+def test_the_preflight_of_init_files_models_and_upscaler_imports_no_torch(tmp_path):
+    import av
+    import numpy as np
+    from PIL import Image
+
+    image, video = tmp_path / "i.png", tmp_path / "v.mp4"
+    Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(image)
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 80, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((80, 96, 3), 20 * i, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    base = ["-p", "x", "-o", str(tmp_path / "out")]
+    cases = [
+        [*base, "--model", "demo-random", "-i", str(image)],  # the size comes from the image: 70x50 -> 64x48
+        [*base, "--model", "demo-random", "--init-video", str(video)],  # 96x80
+        [*base, "--model", "demo"],  # the trained demo's folder and settings (32x32)
+        [*base, "--model", "demo-random", "-WI", "64", "-HI", "64", "-u", "--upscaler", "demo"],
+        [*base, "--model", "demo-random", "-i", str(tmp_path / "missing.png")],
+        [*base, "--model", str(tmp_path / "no-model")],
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
+    out = subprocess.run([sys.executable, "-c", PREFLIGHT_PROBE, json.dumps(cases)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [], report
+    sizes, errors = report["results"][:4], report["results"][4:]
+    assert sizes == [[64, 48], [96, 80], [32, 32], [64, 64]]
+    assert errors[0].startswith("init_image: ") and "missing.png' does not exist" in errors[0]
+    assert errors[1].startswith("model: ") and "no-model' does not exist" in errors[1]

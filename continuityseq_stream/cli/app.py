@@ -14,7 +14,7 @@ loop that moves chunks to the output is `runtime.loop.run` (producer process, ri
 sinks); `prepare_stream()` builds its sinks and options first, so that bad input fails before it.
 
 Bad input is refused before anything starts, in this order: flag values (`GenerationConfig`),
-`pipeline.chunk_source.preflight` (device, files, models, the upscaler's minimum size), `prepare_stream` (runtime
+`pipeline.preflight.preflight` (files, models, the upscaler's minimum size), `prepare_stream` (runtime
 options, the frame ring's shared memory, every --sink). Library errors name arguments; `flag_for`
 spells them as this command's flags (see errors.py).
 
@@ -307,8 +307,8 @@ def _given(field: str) -> bool:
 def _size_from_init(options: dict) -> bool:
     """-i/--init-video without both -WI and -HI: the video takes the image's (the video's frame) size,
     rounded down to multiples of 8, as the original; a given -WI or -HI wins (see
-    `sources.fit_video_size`). Returns True when the size was set here."""
-    from ..pipeline.first_frame import fit_video_size, init_source_size
+    `init_files.fit_video_size`). Returns True when the size was set here."""
+    from ..pipeline.init_files import fit_video_size, init_source_size
 
     if _given("width") and _given("height"):
         return False
@@ -343,7 +343,8 @@ def _demo_defaults(options: dict, skip: Iterable[str] = ()) -> list[str]:
 def build_run_config(options: dict):
     """The `run` flags' values -> (GenerationConfig, PromptSchedule or None, the STREAM_OPTIONS values,
     the demo settings applied), after the preflight checks; bad input raises. Shared with `serve`."""
-    from ..pipeline.chunk_source import preflight, resolve_seed
+    from ..config import resolve_seed
+    from ..pipeline.preflight import preflight  # torch-free: only the producer loads the model
     from ..pipeline.resolve import DEMO_NAME, demo_kind, is_trained_demo
 
     stream = {k: options.pop(k) for k in STREAM_OPTIONS}

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
+from ..config import HUB_ID
 from ..errors import CheckpointError, ConfigError
 from .variants import RESNET_NAMES_B, VARIANTS
 
@@ -29,7 +29,6 @@ CONFIG_NAME = "config.json"
 
 # Fields that configs written by diffusers' UNet3DConditionModel may carry; harmless at these values.
 _IGNORED_CONFIG_FIELDS = {"num_attention_heads": None, "time_cond_proj_dim": None}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ---------------------------------------------------------------------------------------------- detection

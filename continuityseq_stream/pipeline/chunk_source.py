@@ -22,11 +22,8 @@ Everything happens lazily, on the first `next()`; errors are `ContinuitySeqError
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
 import logging
 import os
-import random
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -34,17 +31,15 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..chunk import Chunk
-from ..config import GenerationConfig
+from ..config import GenerationConfig, resolve_seed
 from ..errors import ConfigError
 from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
+from .preflight import check_attention, check_upscaler_size, preflight
 from .resolve import demo_kind, is_trained_demo, resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["open_stream", "preflight", "resolve_runtime", "Runtime", "resolve_seed", "check_upscaler_size"]
-
-#: the small ContinuitySeq trained on synthetic moving shapes that ships inside the package
-#: ("demo-trained": the same, its name before it became the default demo)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,13 +51,6 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
     attention: str  # "sdpa", "xformers" or "math"
-
-
-def resolve_seed(config: GenerationConfig) -> GenerationConfig:
-    """The config with a seed: `-r` if given, else a random one in [0, 9,999,999] (the original's range)."""
-    if config.seed is not None:
-        return config
-    return config.replace(seed=random.SystemRandom().randint(0, 9_999_999))
 
 
 def resolve_runtime(config: GenerationConfig) -> Runtime:
@@ -90,56 +78,7 @@ def resolve_runtime(config: GenerationConfig) -> Runtime:
         dtype = _DTYPES[config.dtype]
     else:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if config.xformers:
-        if importlib.util.find_spec("xformers") is None:
-            raise ConfigError("{xformers}: xformers is not installed; `pip install xformers` or use {sdp} (PyTorch SDPA)",
-                              names=("xformers", "sdp"))
-        attention = "xformers"
-    else:
-        attention = "sdpa" if config.sdp else "math"
-    return Runtime(device=device, dtype=dtype, attention=attention)
-
-
-#: down blocks of the SD x2 latent upscaler's UNet (stabilityai/sd-x2-latent-upscaler and the demo one)
-_UPSCALER_DOWN_BLOCKS = 4
-
-
-def _upscaler_down_blocks(config: GenerationConfig) -> int:
-    """Down blocks of the `--upscaler` UNet, from its `unet/config.json` (cheap: no weights are read);
-    the SD x2 latent upscaler's 4 for the demo and when the file says nothing."""
-
-    if demo_kind(config.upscaler, "upscaler"):
-        return _UPSCALER_DOWN_BLOCKS
-    folder = resolve_pretrained_path(config.upscaler, demo="upscaler")
-    try:
-        with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
-            blocks = len(json.load(f).get("down_block_types") or ())
-    except (OSError, ValueError, AttributeError, TypeError):
-        blocks = 0
-    return blocks or _UPSCALER_DOWN_BLOCKS
-
-
-def check_upscaler_size(config: GenerationConfig) -> None:
-    """`-u`: ConfigError unless the latent upscaler can take this video size.
-
-    The upscaler doubles the latents (h, w) and its UNet then halves them once per down block but
-    the first, with reflect padding that needs at least 2 latents at the bottom. So each latent side
-    must be a multiple of 2**(blocks - 2) and at least 2**(blocks - 1): for the SD x2 upscaler (4
-    blocks) multiples of 4, at least 8 latents, i.e. video sides that are multiples of 32, at least 64.
-    The trained demo's 32x32 (4x4 latents) is too small. Without this check the upscaler fails with a
-    padding RuntimeError deep in the UNet, after every model has loaded."""
-    if not config.upscale:
-        return
-    blocks = _upscaler_down_blocks(config)
-    multiple, least = 8 * 2 ** max(blocks - 2, 0), 8 * 2 ** max(blocks - 1, 0)  # in pixels (8 per latent)
-    if all(side % multiple == 0 and side >= least for side in (config.width, config.height)):
-        return
-    fit = [max(least, -(-side // multiple) * multiple) for side in (config.width, config.height)]
-    raise ConfigError(
-        f"{{upscale}}: the latent upscaler needs video sides that are multiples of {multiple} and at least {least} "
-        f"(latents of at least {least // 8}x{least // 8}); got {{width}} {config.width} x {{height}} {config.height}; "
-        f"use e.g. {{width}} {fit[0]} {{height}} {fit[1]}, or run without {{upscale}}",
-        names=("upscale", "width", "height"))
+    return Runtime(device=device, dtype=dtype, attention=check_attention(config))
 
 
 def _init_pixels(config: GenerationConfig) -> Optional[torch.Tensor]:
@@ -187,29 +126,6 @@ def _original_look(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         chunks.close()  # the pipeline's generator ends now, not when it is collected
 
 
-def preflight(config: GenerationConfig) -> None:
-    """The cheap checks of `open_stream`, for the main process before the producer is started.
-
-    Bad input (device, dtype, attention kernel, init image or video, a model path that does not exist
-    or a hub id that cannot be had, a video size the latent upscaler cannot take) then fails in about
-    a second with one line, instead of after a producer process has started and imported the model
-    stack. (Values are checked by `GenerationConfig` itself; the frame ring's shared memory by
-    `runtime.run` before the producer starts.) `open_stream` repeats them (it is
-    also used on its own). The demo model is not built here.
-    """
-
-    from ..resume import check_resume_options
-
-    resolve_runtime(config)
-    pixels = _init_pixels(config)
-    check_resume_options(config)  # --state-dir / --resume: the state's small JSON part only
-    if demo_kind(config.model) != "random":  # (the random demo is built on first use, not here)
-        resolve_pretrained_path(config.model)
-    if pixels is None and not is_trained_demo(config.model) and not demo_kind(config.model_2d, "2d"):
-        resolve_pretrained_path(config.model_2d, demo="2d")
-    check_upscaler_size(config)  # (also resolves a non-demo --upscaler)
-
-
 def open_stream(
     config: GenerationConfig,
     *,
@@ -250,9 +166,10 @@ def open_stream(
     if (demo_kind(config.model) == "random" or (draws_2d and demo_kind(config.model_2d, "2d"))
             or (config.upscale and demo_kind(config.upscaler, "upscaler"))):
         logger.warning(DEMO_LABEL)
-    logger.info("seed %s, device %s, dtype %s, attention %s",
+    threads = torch.get_num_threads()  # what `--threads` gave this process (runtime/threads.py)
+    logger.info("seed %s, device %s, dtype %s, attention %s, %d CPU thread%s",
                 "from the saved state" if config.resume else config.seed, runtime.device,
-                str(runtime.dtype).replace("torch.", ""), runtime.attention)
+                str(runtime.dtype).replace("torch.", ""), runtime.attention, threads, "" if threads == 1 else "s")
     point = load_resume_point(config, runtime.device, runtime.dtype) if config.resume else None
     if point is not None:  # no new first frame: the saved latents condition the next chunk
         logger.info("resuming from %s: chunk %d, frame %d", config.resume, point.next_chunk, point.next_frame)

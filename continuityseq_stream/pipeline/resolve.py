@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+from ..config import HUB_ID
 from ..errors import CheckpointError
-from ..models.loading import HUB_ID
 
 __all__ = ["TRAINED_DEMO_NAMES", "RANDOM_DEMO_NAME", "DEMO_NAME", "ROLES", "demo_kind",
            "is_trained_demo", "resolve_pretrained_path"]
