@@ -228,3 +228,18 @@ def resolve_seed(config: GenerationConfig) -> GenerationConfig:
     if config.seed is not None:
         return config
     return config.replace(seed=random.SystemRandom().randint(0, 9_999_999))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback IPs (127.0.0.0/8, ::1, also in brackets); False for `*`,
+    0.0.0.0, other addresses and host or interface names (which may be reachable from outside).
+    The one check behind every bind that is loopback-only unless asked: --control, zmq sinks, serve."""
+    import ipaddress
+
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False

@@ -6,11 +6,11 @@ server and every client share: the address check, request parsing and answer enc
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from typing import Any, Mapping, Optional
 
+from ..config import is_loopback_host
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,7 @@ def check_control_address(address: str, allow_remote: bool = False) -> str:
         raise _address_error(f"got {address!r}; use tcp://HOST:PORT, e.g. tcp://127.0.0.1:5557")
     if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
         raise _address_error(f"port {port!r} in {address!r}; use a port in 1..65535")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    loopback = bare == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(bare).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback and not allow_remote:
+    if not is_loopback_host(host) and not allow_remote:
         raise ConfigError(
             f"{{control}}: {address!r} is not a loopback address, so anyone who can reach it could steer and stop "
             f"the stream; use tcp://127.0.0.1:PORT, or pass {{control_allow_remote}} to accept it",

@@ -9,28 +9,17 @@ because whoever reaches the port could steer and stop the stream.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ..config import is_loopback_host
 from ..errors import ConfigError
 
 __all__ = ["ServiceOptions", "parse_hostport", "is_loopback_host", "MIN_TOKEN_CHARS"]
 
 #: a bearer token shorter than this is refused: it could be guessed
 MIN_TOKEN_CHARS = 16
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for 'localhost' and loopback IP literals (127.0.0.0/8, ::1)."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if bare == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_hostport(text: str, flag: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

@@ -24,7 +24,6 @@ the runtime's --sink-timeout).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import zmq
 
 from ..chunk import FrameMeta
+from ..config import is_loopback_host
 from ..errors import SinkError
 from .options import parse_bool, parse_number, sink_error
 from .base import Sink, StreamInfo
@@ -82,18 +82,6 @@ class ZmqAddress:
         self.linger = parse_number(uri, "linger", opts.get("linger", "0.5" if self.kind == "pub" else "5"), float, 0, 600)
         self.nodrop = parse_bool(uri, "nodrop", opts.get("nodrop", "1"))
         self.timeout = parse_number(uri, "timeout", opts["timeout"], float, 0.01, 1e9) if "timeout" in opts else None
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for `localhost` and loopback IPs (127.0.0.0/8, ::1); False for `*`, 0.0.0.0, other
-    addresses and interface or host names (which may be reachable from outside)."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if bare == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False
 
 
 def frame_header(meta: FrameMeta, fps: float, shape: tuple) -> bytes:
