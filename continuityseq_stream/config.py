@@ -243,3 +243,13 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(bare).is_loopback
     except ValueError:
         return False
+
+
+def build_from_mapping(cls, values: Mapping[str, Any], what: str):
+    """`cls(**values)` for a frozen options dataclass; a key that is not one of its fields is a
+    ConfigError naming the unknown keys and the known ones (never silently ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**dict(values))

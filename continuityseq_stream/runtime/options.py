@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..config import build_from_mapping
 from ..control import check_control_address
 from ..errors import ConfigError, bad_value
 from ..prompts import PromptSchedule
@@ -82,11 +82,7 @@ class RuntimeOptions:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RuntimeOptions":
         """Build from a mapping; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown runtime option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(values))
+        return build_from_mapping(cls, values, "runtime option(s)")
 
 
 def _finite(value: Any) -> bool:

@@ -8,12 +8,11 @@ because whoever reaches the port could steer and stop the stream.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from ..config import is_loopback_host
+from ..config import build_from_mapping, is_loopback_host
 from ..errors import ConfigError
 
 __all__ = ["ServiceOptions", "parse_hostport", "is_loopback_host", "MIN_TOKEN_CHARS"]
@@ -117,8 +116,4 @@ class ServiceOptions:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ServiceOptions":
         """Build from a mapping; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown service option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(values))
+        return build_from_mapping(cls, values, "service option(s)")
