@@ -62,3 +62,13 @@ def test_bench_overhead_quick():
 def test_bench_memory_quick():
     out = run_bench("memory")
     assert out.startswith("memory: RSS main ") and "exit status 0" in out
+
+
+@pytest.mark.slow
+def test_bench_suite_load_quick():
+    out = run_bench("suite_load")
+    lines = out.strip().splitlines()
+    assert lines[0] == f"suite beside 2 busy loop(s), 1 run(s), {os.cpu_count()} cpus"
+    assert lines[1].startswith("run 1: passed in ") and " passed in " in lines[1].split("): ", 1)[1]
+    busy = subprocess.run(["pgrep", "-f", "while 1: pass"], capture_output=True, text=True).stdout.split()
+    assert busy == [], "the busy loops outlived the bench"
