@@ -106,6 +106,15 @@ class RingTimeout(ContinuitySeqError):
     """The ring's lock could not be taken in time (another process died holding it?)."""
 
 
+class StreamNotFound(ContinuitySeqError):
+    """A multi-stream service has no stream with this id (HTTP 404)."""
+
+
+class ClusterFull(ContinuitySeqError):
+    """A multi-stream service already runs as many streams as it may (`--max-streams`, or no Ray
+    node can hold one more); HTTP 503."""
+
+
 class EndOfStream(Exception):
     """A signal, not a user error: the stream a part of the run was reading or writing has ended."""
 

@@ -20,14 +20,18 @@ PipeSemaphore's count saturates at the pipe's capacity (64 Ki on Linux): meant f
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import multiprocessing
 import os
 import select
+import signal
+import sys
 import threading
 import time
 from typing import Any, Optional
 
-__all__ = ["PipeSemaphore", "PipeLock", "MessagePipe", "MessageSender", "ProcessEvent"]
+__all__ = ["PipeSemaphore", "PipeLock", "MessagePipe", "MessageSender", "ProcessEvent", "die_with_this_thread"]
 
 _EVENT_SLICE = 0.5  # a ProcessEvent waiter re-checks the flag at least this often
 
@@ -197,3 +201,32 @@ class ProcessEvent:
                 if self._flag.value:
                     return True
         return True
+
+
+# -- child processes that die with us ------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _prctl():
+    """libc's prctl on Linux (loaded once, before any fork), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_this_thread():
+    """A `preexec_fn` that has the kernel SIGKILL the child when the thread starting it ends
+    (PR_SET_PDEATHSIG follows the thread), or None where that does not exist. It runs between fork
+    and exec and only makes two system calls, so it cannot deadlock on a lock of another thread."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the run died before the signal was armed
+            os._exit(1)
+
+    return preexec

@@ -396,6 +396,7 @@ run = main.command("run", context_settings={"show_default": True})(run)
 
 
 def _add_subcommands() -> None:
+    from ..cluster.command import make_cluster_command
     from ..control import control_command
     from ..service.command import make_serve_command
     from ..sinks.receiver import subscribe_command
@@ -403,6 +404,7 @@ def _add_subcommands() -> None:
     main.add_command(subscribe_command)
     main.add_command(control_command)
     main.add_command(make_serve_command(RUN_OPTIONS, build_run_config, _setup_logging))
+    main.add_command(make_cluster_command(_setup_logging))
 
 
 _add_subcommands()

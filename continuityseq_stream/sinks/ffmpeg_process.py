@@ -3,8 +3,6 @@ the thread that started it (Linux: PR_SET_PDEATHSIG) and never leaves a process 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import select
 import signal
@@ -13,6 +11,7 @@ import sys
 import time
 
 from ..errors import SinkError
+from ..ipc import die_with_this_thread
 
 __all__ = ["FfmpegProcess"]
 
@@ -21,34 +20,6 @@ _STUCK_AFTER = 1.0
 #: a new ffmpeg connects to its target before it reads frames (an RTMP handshake with a distant
 #: server takes a second or two): it is never counted as stuck this early
 _STARTUP_ALLOWANCE = 3.0
-
-
-@functools.lru_cache(maxsize=1)
-def _prctl():
-    """libc's prctl on Linux (loaded once, before any fork), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _die_with_this_thread():
-    """A `preexec_fn` that has the kernel SIGKILL the child when the thread starting it ends
-    (PR_SET_PDEATHSIG follows the thread), or None where that does not exist. It runs between fork
-    and exec and only makes two system calls, so it cannot deadlock on a lock of another thread."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the run died before the signal was armed
-            os._exit(1)
-
-    return preexec
 
 
 class FfmpegProcess:
@@ -71,7 +42,7 @@ class FfmpegProcess:
             try:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                              stderr=log_file, bufsize=0, start_new_session=True,
-                                             preexec_fn=_die_with_this_thread())
+                                             preexec_fn=die_with_this_thread())
             except OSError as exc:
                 raise SinkError(f"cannot start ffmpeg ({cmd[0]}): {exc}; install ffmpeg or put it on PATH") from exc
         self._fd = self.proc.stdin.fileno()
