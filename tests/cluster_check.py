@@ -164,11 +164,13 @@ def scenario(backend: str, work: Path) -> dict:
         status, a = call("POST", base + "streams", {"id": "a", "flags": {**demo, "prompt": "a red ball",
                                                                           "sink": [ra.sink]}})
         out["create_a"] = [status, a.get("state"), time.monotonic() - t0]
+        assert status == 201, f"a was not made: {status} {a}"
         out["bad_flag"] = call("POST", base + "streams", {"id": "d", "flags": {"model": "demo", "guidance-scale": "x",
                                                                                "prompt": "y"}})
         status, b = call("POST", base + "streams", {"id": "b", "flags": {**demo, "prompt": "a blue sky",
                                                                           "sink": [rb.sink, f"file:{work}/b.mp4"]}})
         out["create_b"] = [status, b.get("state")]
+        assert status == 201, f"b was not made: {status} {b}"
         out["full"] = call("POST", base + "streams", {"id": "c", "flags": {**demo, "prompt": "x"}})
         out["reserved_flag"] = call("POST", base + "streams", {"id": "e", "flags": {"port": 1}})
         out["unknown"] = call("GET", base + "streams/nope")

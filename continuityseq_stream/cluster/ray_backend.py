@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -151,6 +152,16 @@ class RayBackend:
             return {"num_gpus": 1, "num_cpus": 0}
         return {"num_cpus": self.stream_cpus}
 
+    def _fits(self, resource: str, amount: float, wait: float = 10.0) -> bool:
+        """Whether `amount` of `resource` is free; waits up to `wait` s, since an actor that was just
+        killed (a stream that failed to start, a deleted one) gives its share back a moment later."""
+        deadline = time.monotonic() + wait
+        while self.ray.available_resources().get(resource, 0) + 1e-9 < amount:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+        return True
+
     def _new_actor(self, spec: StreamSpec, resources: dict):
         """The stream's actor: named, detached (it outlives the ingress), restarted by Ray when its
         worker dies; calls to it may overlap (`info` while `start` waits)."""
@@ -163,9 +174,8 @@ class RayBackend:
             raise ConfigError(f"id: a stream {spec.id!r} already exists (as an actor or a folder in the state "
                               f"root); choose another id or delete it first")
         resources = self._resources()
-        free = self.ray.available_resources()
         need = ("GPU", resources["num_gpus"]) if "num_gpus" in resources else ("CPU", resources["num_cpus"])
-        if free.get(need[0], 0) + 1e-9 < need[1]:
+        if not self._fits(*need):
             raise ClusterFull(f"the Ray cluster is full: no node has {need[1]:g} free {need[0]}(s) for another "
                               f"stream; stop or delete one, or add nodes")
         handle = self._new_actor(spec, resources)

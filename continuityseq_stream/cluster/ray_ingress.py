@@ -60,11 +60,12 @@ def deploy(options: ClusterOptions, root: Path) -> str:
 
 
 def undeploy() -> None:
-    """Stop the ingress (the stream actors are detached: they go on)."""
+    """Stop the ingress (the stream actors are detached: they go on). Ray Serve's own proxy and
+    controller stay in the Ray cluster, so the next ingress starts in seconds (on the same port: a
+    running Serve keeps its first http_options)."""
     from ray import serve
 
     try:
         serve.delete(APP_NAME)
-        serve.shutdown()
     except Exception:  # noqa: BLE001 - best effort at exit
         pass
