@@ -52,8 +52,10 @@ BUSY_LOOP = "while 1: pass"
 def start_busy_loops(count: int) -> list[subprocess.Popen]:
     """`count` CPU-burning processes, each in a session of its own like someone else's job: with the
     kernel's autogroup scheduling (on by default) loops in the bench's own session would only split
-    the bench's share of the CPU instead of competing with it."""
-    return [subprocess.Popen([PYTHON, "-c", BUSY_LOOP], start_new_session=True) for _ in range(count)]
+    the bench's share of the CPU instead of competing with it. They hold none of the bench's pipes:
+    a caller reading the bench's output to its end does not wait for them."""
+    return [subprocess.Popen([PYTHON, "-c", BUSY_LOOP], start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
 
 
 def stop_busy_loops(loops: list[subprocess.Popen]) -> None:
