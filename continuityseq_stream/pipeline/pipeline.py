@@ -132,6 +132,10 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         return noise.to(self._device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
+    def _unet(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """One UNet call (a subclass may change how the conditioning goes in: bench_model.py does)."""
+        return unet_noise(self.unet, x, y, t, text)
+
     @torch.inference_mode()
     def denoise_chunk(
         self,
@@ -157,7 +161,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
             x_in = torch.cat([latents] * 2) if do_cfg else latents
             x_in = self.scheduler.scale_model_input(x_in, t)
             y_in = self.scheduler.scale_model_input(y, t)  # identity for DDIM; never noised
-            eps = unet_noise(self.unet, x_in, y_in, t, prompt_embeds)
+            eps = self._unet(x_in, y_in, t, prompt_embeds)
             if do_cfg:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
