@@ -1,5 +1,5 @@
-"""Helpers shared by the bench scripts: argument handling, medians, the machine load, a demo-model CLI
-command line.
+"""Helpers shared by the bench scripts: argument handling, medians, the machine load, busy loops beside
+a run, a demo-model CLI command line.
 
 Nothing here changes global state at import. The scripts run each measurement in fresh
 subprocesses where the figure depends on process start-up or thread settings.
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +45,29 @@ def load() -> str:
         return "load n/a"
 
 
+#: what a busy loop runs (`pgrep -f` finds a leftover one by it)
+BUSY_LOOP = "while 1: pass"
+
+
+def start_busy_loops(count: int) -> list[subprocess.Popen]:
+    """`count` CPU-burning processes, each in a session of its own like someone else's job: with the
+    kernel's autogroup scheduling (on by default) loops in the bench's own session would only split
+    the bench's share of the CPU instead of competing with it. They hold none of the bench's pipes:
+    a caller reading the bench's output to its end does not wait for them."""
+    return [subprocess.Popen([PYTHON, "-c", BUSY_LOOP], start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
+
+
+def stop_busy_loops(loops: list[subprocess.Popen]) -> None:
+    """Kill the loops `start_busy_loops` made (SIGKILL to each one's session) and reap them."""
+    for proc in loops:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def bench_env(threads: int, cache: str | None = None) -> dict:
     """Environment for a measured subprocess: offline, `threads` intra-op threads (OpenMP/MKL), and
     optionally a private demo-model cache (`XDG_CACHE_HOME`)."""
@@ -69,7 +94,5 @@ def cli_command(*, width: int, height: int, frames: int, steps: int, times: int,
 
 def warm_demo_cache(env: dict) -> None:
     """Build the demo model folders once, so no measured run pays for it."""
-    import subprocess
-
     code = ("from continuityseq_stream.demo import tiny; tiny.demo_model_path(); tiny.demo_2d_model_path()")
     subprocess.run([PYTHON, "-c", code], env=env, check=True, capture_output=True)

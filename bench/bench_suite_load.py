@@ -10,25 +10,11 @@ else's job would, and is killed when the runs end. Figures go to docs/reliabilit
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
-from ._common import PYTHON, REPO, load, make_parser
-
-
-def start_burners(count: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([PYTHON, "-c", "while 1: pass"], start_new_session=True) for _ in range(count)]
-
-
-def stop_burners(burners: list[subprocess.Popen]) -> None:
-    for proc in burners:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+from ._common import PYTHON, REPO, load, make_parser, start_busy_loops, stop_busy_loops
 
 
 def run_suite(pytest_args: list[str], log_path: str | None) -> tuple[int, float, str]:
@@ -57,7 +43,7 @@ def main(argv=None) -> int:
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
     print(f"suite beside {args.burners} busy loop(s), {runs} run(s), {os.cpu_count()} cpus", flush=True)
-    burners = start_burners(args.burners)
+    burners = start_busy_loops(args.burners)
     failed = 0
     try:
         for i in range(1, runs + 1):
@@ -67,7 +53,7 @@ def main(argv=None) -> int:
             print(f"run {i}: {'passed' if rc == 0 else f'FAILED (rc {rc})'} in {wall / 60:.1f} min "
                   f"({load()}): {summary}", flush=True)
     finally:
-        stop_burners(burners)
+        stop_busy_loops(burners)
     return 1 if failed else 0
 
 

@@ -1,12 +1,13 @@
 """Every bench script runs in its tiny `--quick` mode and prints its figure line.
 
-The model-free and in-process ones are quick; the three that start the real CLI (time to first
-frame, streaming overhead, memory) take 10-30 s each on 2 cores and are marked slow.
+The model-free and in-process ones are quick; the ones that start the real CLI (time to first
+frame, streaming overhead, memory, threads under load) take 10-60 s each on 2 cores and are marked slow.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,9 +67,31 @@ def test_bench_memory_quick():
 
 @pytest.mark.slow
 def test_bench_suite_load_quick():
+    before = _busy_loops()
     out = run_bench("suite_load")
     lines = out.strip().splitlines()
     assert lines[0] == f"suite beside 2 busy loop(s), 1 run(s), {os.cpu_count()} cpus"
     assert lines[1].startswith("run 1: passed in ") and " passed in " in lines[1].split("): ", 1)[1]
-    busy = subprocess.run(["pgrep", "-f", "while 1: pass"], capture_output=True, text=True).stdout.split()
-    assert busy == [], "the busy loops outlived the bench"
+    assert _busy_loops() - before == set(), "the busy loops outlived the bench"
+
+
+@pytest.mark.slow
+def test_bench_threads_quick():
+    before = _busy_loops()  # someone else's (e.g. a suite run under load) may be running: not ours
+    out = run_bench("threads", timeout=600)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("threads: --model demo -s 4 --times 1, whole CLI run, idle vs 2 busy loops")
+    assert len(lines) == 2, out  # --quick: one setting, one pair
+    figures = re.fullmatch(r"--threads default \(producer: (\d+) thread\(s\)\): idle ([\d.]+)s \(load [\d.]+/\d+ cpus\), "
+                           r"loaded ([\d.]+)s \(load [\d.]+/\d+ cpus\): x([\d.]+)", lines[1])
+    assert figures, lines[1]
+    threads, idle, loaded, ratio = int(figures[1]), *map(float, figures.group(2, 3, 4))
+    assert threads >= 1 and 0 < idle < 600 and 0 < loaded < 600
+    # the printed ratio is of the times printed to 0.1 s
+    assert (loaded - 0.05) / (idle + 0.05) - 0.005 <= ratio <= (loaded + 0.05) / (idle - 0.05) + 0.005
+    assert _busy_loops() - before == set(), "the busy loops outlived the bench"
+
+
+def _busy_loops() -> set:
+    """PIDs of the busy loops running now (`python -c 'while 1: pass'`)."""
+    return set(subprocess.run(["pgrep", "-f", "while 1: pass"], capture_output=True, text=True).stdout.split())

@@ -336,7 +336,7 @@ def test_allocate_refuses_a_ring_that_shared_memory_cannot_hold(monkeypatch):
     producer mid-run): refuse it up front with one line naming --ring-frames."""
     import collections
 
-    import continuityseq_stream.runtime.ringbuffer as rb
+    import continuityseq_stream.runtime.ring_memory as rb
 
     ring = FrameRing(64)
     try:

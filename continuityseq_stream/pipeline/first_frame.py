@@ -4,6 +4,7 @@ Every source returns pixels as a float32 tensor `[N, 3, H, W]` in **[-1, 1]** at
 (N = 1 for an image, up to CX for a video). The pipeline VAE-encodes them into the first chunk's
 conditioning latents.
 
+- `stream_init_pixels(image, ...)`  what `stream(image=...)` is given, checked and sized for the VAE.
 - `load_init_image(path, ...)`  `-i/--init-image`: any size and format Pillow reads, resized.
 - `init_source_size(...)` / `fit_video_size(...)`  the video size an init image or video implies
   (its own size rounded down to multiples of 8, as the original; explicit `-WI/-HI` win).
@@ -26,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, bad_value
 from .init_files import _open_image, fit_video_size, init_source_size, read_video_tail
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "to_pixels", "pixels_to_uint8", "load_init_image", "load_init_video", "generate_init_image",
+    "to_pixels", "pixels_to_uint8", "stream_init_pixels", "load_init_image", "load_init_video", "generate_init_image",
     "save_init_image", "load_upscaler", "init_source_size", "fit_video_size",
 ]
 
@@ -72,6 +73,26 @@ def to_pixels(image: Any, height: int, width: int) -> torch.Tensor:
         raise ConfigError(f"image array: got {arr.dtype} {arr.shape}; use uint8 [H, W, 3] or [N, H, W, 3]")
     x = torch.from_numpy(np.array(arr, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return _resize(x, height, width).clamp(-1, 1)
+
+
+def stream_init_pixels(image: Any, height: Optional[int], width: Optional[int], max_k: int,
+                       multiple: int) -> torch.Tensor:
+    """The last `max_k` frames of `stream()`'s `image` as pixels `[N, 3, H, W]` in [-1, 1].
+
+    The size is `height` x `width`, or the image's own when either is None; each side must be a
+    positive multiple of `multiple` (the VAE's downscale factor), else a ConfigError naming it."""
+    if image is None:
+        raise ConfigError("stream(): give `image` (init image or video frames) or `init_latents` for the first chunk")
+    if height is None or width is None:
+        if isinstance(image, torch.Tensor):
+            height, width = image.shape[-2:]
+        else:
+            arr = np.asarray(image if not isinstance(image, (list, tuple)) else image[0])
+            height, width = arr.shape[-3:-1]
+    for name, v in (("height", height), ("width", width)):
+        if int(v) % multiple or int(v) < multiple:
+            raise bad_value(name, v, f"use a positive multiple of {multiple}")
+    return to_pixels(image, int(height), int(width))[-max_k:]
 
 
 def pixels_to_uint8(x: torch.Tensor) -> np.ndarray:

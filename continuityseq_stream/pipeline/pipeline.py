@@ -38,30 +38,25 @@ are not applied here (frames are the decoder's output, rounded); `postprocess.py
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..chunk import Chunk
-from .conditioning import ConditioningSelector, UniformConditioning
-from ..errors import CheckpointError, ConfigError, bad_value
+from .components import COMPONENTS, load_components  # noqa: F401 (COMPONENTS re-exported)
+from .conditioning import ConditioningSelector
+from ..errors import ConfigError
 from ..prompts import LiveSettings, PromptSchedule, UpdateChannel
-from .first_frame import pixels_to_uint8, to_pixels
-from .resolve import resolve_pretrained_path
-from .streaming import ChunkRecipe, ChunkStream, check_stream_args, live_settings_for
-
-logger = logging.getLogger(__name__)
+from .first_frame import pixels_to_uint8
+from .model_io import encode_text, run_upscaler, unet_noise, vae_decode, vae_encode
+from .streaming import ChunkRecipe, ChunkStream, check_stream_args, first_conditioning, stream_settings
 
 __all__ = ["ContinuitySeqPipeline", "ContinuitySeqPipelineOutput"]
-
-COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
 
 
 @dataclass
@@ -76,6 +71,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
 
     Components: `unet` (continuityseq_stream.models.ContinuitySeqUNet), `vae` (AutoencoderKL),
     `text_encoder` (CLIPTextModel), `tokenizer` (CLIPTokenizer), `scheduler` (DDIMScheduler).
+    The named steps below are the sampling loop; the model calls behind them are in model_io.py,
+    the loading in components.py, the chunk-after-chunk loop of `stream()` in streaming.py.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -84,64 +81,18 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
-    # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: Union[str, os.PathLike],
-        *,
-        torch_dtype: Optional[torch.dtype] = None,
-        device: Optional[Union[str, torch.device]] = None,
-        **kwargs: Any,
-    ) -> "ContinuitySeqPipeline":
-        """Load every component explicitly from its subfolder of a diffusers-layout folder.
-
-        `model_index.json` is not used to pick classes: the ContinuitySeq-A checkpoint names
-        `TextToVideoSDPipeline` and `UNet3DConditionModel`, but its UNet is the project's
-        `ContinuitySeqUNet`. The scheduler is always DDIM built from the saved scheduler config,
-        whatever class that config names (as the original). `kwargs` are not supported.
-        """
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], *,
+                        torch_dtype: Optional[torch.dtype] = None, device: Optional[Union[str, torch.device]] = None,
+                        **kwargs: Any) -> "ContinuitySeqPipeline":
+        """Load every component explicitly from its subfolder of a diffusers-layout folder (not by
+        the classes `model_index.json` names: see components.py); `torch_dtype` default float32.
+        `kwargs` are not supported."""
         if kwargs:
             raise ConfigError(f"ContinuitySeqPipeline.from_pretrained: unsupported argument(s) {sorted(kwargs)}")
-        from transformers import CLIPTextModel, CLIPTokenizer
+        pipe = cls(**load_components(pretrained_model_name_or_path, torch_dtype or torch.float32))
+        return pipe if device is None else pipe.to(device)
 
-        from ..models import ContinuitySeqUNet
-
-        folder = resolve_pretrained_path(pretrained_model_name_or_path)
-        missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]
-        if missing:
-            raise CheckpointError(
-                f"{{model}}: {str(pretrained_model_name_or_path)!r} lacks {', '.join(m + '/' for m in missing)}; "
-                "pass a diffusers-layout folder with scheduler/, tokenizer/, text_encoder/, vae/ and unet/",
-                names=("model",))
-
-        def load(name: str, fn):
-            try:
-                return fn()
-            except CheckpointError:
-                raise
-            except Exception as e:
-                raise CheckpointError(
-                    f"{{model}}: cannot load {name}/ of {str(pretrained_model_name_or_path)!r} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", names=("model",)
-                ) from None
-
-        dtype = torch_dtype or torch.float32
-        scheduler = load("scheduler", lambda: DDIMScheduler.from_config(
-            DDIMScheduler.load_config(folder, subfolder="scheduler")))
-        tokenizer = load("tokenizer", lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"))
-        text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", dtype=dtype))
-        vae = load("vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
-        unet = load("unet", lambda: ContinuitySeqUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtype))
-        for m in (text_encoder, vae, unet):
-            m.eval()
-        pipe = cls(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        if device is not None:
-            pipe = pipe.to(device)
-        return pipe
-
-    # -- helpers --------------------------------------------------------------------------------
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -155,12 +106,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
 
     # -- named steps ----------------------------------------------------------------------------
     def _encode_text(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        hidden = self.text_encoder(ids.to(self._device))[0]  # last hidden state (after final LN)
-        return hidden.to(self.unet.dtype)
+        return encode_text(self.tokenizer, self.text_encoder, text, self._device, self.unet.dtype)
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str, negative_prompt: Optional[str] = None, do_cfg: bool = True) -> torch.Tensor:
@@ -176,9 +122,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         self, pixels: torch.Tensor, vae_batch_size: int = 16, vae_scale: Optional[float] = None
     ) -> torch.Tensor:
         """Pixels `[N, 3, H, W]` in [-1, 1] -> clean conditioning latents `[1, 4, N, H/8, W/8]`."""
-        x = pixels.to(self._device, self.vae.dtype)
-        parts = [self.vae.encode(x[i: i + vae_batch_size]).latent_dist.mean for i in range(0, x.shape[0], vae_batch_size)]
-        latents = torch.cat(parts) * self.scaling_factor(vae_scale)  # [N, 4, h, w]
+        latents = vae_encode(self.vae, pixels.to(self._device, self.vae.dtype), vae_batch_size,
+                             self.scaling_factor(vae_scale))  # [N, 4, h, w]
         return latents.permute(1, 0, 2, 3).unsqueeze(0).to(self.unet.dtype).contiguous()
 
     def prepare_latents(self, num_frames: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -188,10 +133,8 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         return noise.to(self._device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def _unet(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x, y, t, encoder_hidden_states=text)
-        if isinstance(out, torch.Tensor):
-            return out
-        return out.sample if hasattr(out, "sample") else out[0]
+        """One UNet call (a subclass may change how the conditioning goes in: bench_model.py does)."""
+        return unet_noise(self.unet, x, y, t, text)
 
     @torch.inference_mode()
     def denoise_chunk(
@@ -231,9 +174,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Latents `[1, 4, F, h, w]` -> pixels `[F, 3, H, W]` (float, about [-1, 1]), `vae_batch_size`
         frames per VAE call."""
-        z = latents[0].permute(1, 0, 2, 3) / self.scaling_factor(vae_scale)  # [F, 4, h, w]
-        z = z.to(self.vae.dtype)
-        return torch.cat([self.vae.decode(z[i: i + vae_batch_size]).sample for i in range(0, z.shape[0], vae_batch_size)])
+        return vae_decode(self.vae, latents, vae_batch_size, self.scaling_factor(vae_scale))
 
     @torch.inference_mode()
     def upscale_latents(self, latents: torch.Tensor, upscaler, prompt: str, generator: torch.Generator,
@@ -246,24 +187,7 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         guidance), the prompt repeated per frame, and `batch_size` frames per upscaler call (None:
         the whole chunk, which is what the original's batches of `-T` frames amount to).
         report: log how many steps each call ran (counted by the upscaler's step callback)."""
-        z = latents[0].permute(1, 0, 2, 3)
-        batch = batch_size or z.shape[0]
-        out, steps = [], []  # steps[j]: denoising steps call j ran
-
-        def count_step(*_) -> None:
-            steps[-1] += 1
-
-        for i in range(0, z.shape[0], batch):
-            part = z[i: i + batch]
-            steps.append(0)
-            out.append(upscaler(
-                prompt=[prompt] * part.shape[0], image=part.to(upscaler.unet.dtype), num_inference_steps=num_inference_steps,
-                guidance_scale=0.0, generator=generator, output_type="latent", callback=count_step,
-            ).images.to(latents.dtype))
-        if report:
-            logger.info("upscaler: %d call(s) of %d frames, steps run per call: %s", len(steps), batch,
-                        ", ".join(map(str, steps)))
-        return torch.cat(out).permute(1, 0, 2, 3).unsqueeze(0)
+        return run_upscaler(latents, upscaler, prompt, generator, num_inference_steps, batch_size, report)
 
     @staticmethod
     def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -276,27 +200,15 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         prompt: Union[str, PromptSchedule, LiveSettings],
         negative_prompt: Optional[str] = None,
         *,
-        num_frames: int = 8,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 30.0,
-        selector: Optional[ConditioningSelector] = None,
-        image: Any = None,
-        init_latents: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        times: Optional[int] = None,
-        vae_batch_size: int = 16,
-        vae_scale: Optional[float] = None,
-        upscaler: Any = None,
-        upscaler_steps: Optional[int] = None,
-        updates: Optional[UpdateChannel] = None,
-        fps: Optional[float] = None,
-        abort: Optional[Callable[[], bool]] = None,
-        output_type: str = "np",
-        start_chunk: int = 0,
-        start_frame: int = 0,
-        resume_points: bool = False,
+        num_frames: int = 8, height: Optional[int] = None, width: Optional[int] = None,
+        num_inference_steps: int = 25, guidance_scale: float = 30.0,
+        selector: Optional[ConditioningSelector] = None, generator: Optional[torch.Generator] = None,
+        image: Any = None, init_latents: Optional[torch.Tensor] = None, times: Optional[int] = None,
+        vae_batch_size: int = 16, vae_scale: Optional[float] = None,
+        upscaler: Any = None, upscaler_steps: Optional[int] = None,
+        updates: Optional[UpdateChannel] = None, fps: Optional[float] = None,
+        abort: Optional[Callable[[], bool]] = None, output_type: str = "np",
+        start_chunk: int = 0, start_frame: int = 0, resume_points: bool = False,
     ) -> Iterator[Chunk]:
         """Yield decoded chunks one at a time; `times=None` runs forever.
 
@@ -332,37 +244,14 @@ class ContinuitySeqPipeline(DiffusionPipeline):
         resume_points: attach to every chunk what continuing after it needs (`Chunk.resume_point`).
         """
         check_stream_args(output_type, times, num_frames, fps)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
-        live = live_settings_for(prompt, negative_prompt, guidance_scale, selector, generator)
-        if live.schedule is not None and live.schedule.timed and fps is None:
-            raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
-        selector = selector or UniformConditioning(*live.conditioning_range, random.Random(generator.initial_seed()))
+        live, selector, generator = stream_settings(prompt, negative_prompt, guidance_scale, selector, generator, fps)
         recipe = ChunkRecipe(num_frames, num_inference_steps, generator, vae_batch_size, vae_scale, upscaler,
-                              upscaler_steps or num_inference_steps, output_type)
-        conditioning = self._initial_conditioning(image, init_latents, height, width, selector, vae_batch_size, vae_scale)
+                             upscaler_steps or num_inference_steps, output_type)
+        conditioning = first_conditioning(self, image, init_latents, height, width, selector.max_k, vae_batch_size,
+                                          vae_scale)
         yield from ChunkStream(self, live, selector, recipe, conditioning, times=times, fps=fps, updates=updates,
                                abort=abort, start_chunk=start_chunk, start_frame=start_frame,
                                resume_points=resume_points)
-
-    def _initial_conditioning(self, image, init_latents, height, width, selector, vae_batch_size, vae_scale) -> torch.Tensor:
-        if init_latents is not None:
-            if init_latents.ndim != 5:
-                raise ConfigError(f"init_latents: got shape {tuple(init_latents.shape)}; use [1, 4, Fc, h, w]")
-            return init_latents[:, :, -selector.max_k:]
-        if image is None:
-            raise ConfigError("stream(): give `image` (init image or video frames) or `init_latents` for the first chunk")
-        if height is None or width is None:
-            if isinstance(image, torch.Tensor):
-                height, width = image.shape[-2:]
-            else:
-                arr = np.asarray(image if not isinstance(image, (list, tuple)) else image[0])
-                height, width = arr.shape[-3:-1]
-        for name, v in (("height", height), ("width", width)):
-            if int(v) % self.vae_scale_factor or int(v) < self.vae_scale_factor:
-                raise bad_value(name, v, f"use a positive multiple of {self.vae_scale_factor}")
-        pixels = to_pixels(image, int(height), int(width))[-selector.max_k:]
-        return self.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
     # -- diffusers convention -------------------------------------------------------------------
     def __call__(self, prompt: str, negative_prompt: Optional[str] = None, *, times: int = 1,

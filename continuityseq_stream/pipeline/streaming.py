@@ -2,8 +2,9 @@
 follows live CN/CX changes and set_seed, the text embeddings of each chunk's prompt blend, one chunk
 made from its conditioning (`ChunkStream.next_chunk`) and the resume point taken after it.
 
-`ContinuitySeqPipeline.stream()` checks its arguments, prepares the first conditioning and hands
-over to a `ChunkStream`; the pipeline's own methods do the model work (denoise, upscale, decode).
+`ContinuitySeqPipeline.stream()` checks its arguments (`check_stream_args`, `stream_settings`),
+prepares the first conditioning (`first_conditioning`) and hands over to a `ChunkStream`; the
+pipeline's own methods do the model work (denoise, upscale, decode).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from ..chunk import Chunk
 from ..errors import ConfigError, bad_value
 from ..prompts import ChunkSettings, LiveSettings, PromptBlend, PromptBlender, PromptSchedule, UpdateChannel
 from .conditioning import ConditioningSelector, FixedConditioning, UniformConditioning, clamp_k
+from .first_frame import stream_init_pixels
 
-__all__ = ["ChunkRecipe", "ChunkStream", "check_stream_args", "live_settings_for"]
+__all__ = ["ChunkRecipe", "ChunkStream", "check_stream_args", "first_conditioning", "live_settings_for",
+           "stream_settings"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,32 @@ def check_stream_args(output_type: str, times: Optional[int], num_frames: Any, f
         raise bad_value("num_frames", num_frames, "use a number of frames per chunk >= 1")
     if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
         raise ConfigError(f"fps: got {fps!r}; use frames per second > 0")
+
+
+def stream_settings(prompt, negative_prompt, guidance_scale, selector: Optional[ConditioningSelector],
+                    generator: Optional[torch.Generator], fps: Optional[float]):
+    """(live settings, selector, generator) of a new stream: the generator defaults to a CPU one with
+    a random seed, the selector to uniform over the settings' [CN, CX] drawing from a `random.Random`
+    seeded from the generator (so a seeded generator alone makes the run reproducible)."""
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(random.SystemRandom().randrange(2**63))
+    live = live_settings_for(prompt, negative_prompt, guidance_scale, selector, generator)
+    if live.schedule is not None and live.schedule.timed and fps is None:
+        raise ConfigError("fps: a time-stamped prompt schedule switches by output time; pass fps=")
+    selector = selector or UniformConditioning(*live.conditioning_range, random.Random(generator.initial_seed()))
+    return live, selector, generator
+
+
+def first_conditioning(pipe, image: Any, init_latents: Optional[torch.Tensor], height: Optional[int],
+                       width: Optional[int], max_k: int, vae_batch_size: int, vae_scale: Optional[float]) -> torch.Tensor:
+    """The first chunk's conditioning latents: the last `max_k` frames of `init_latents`, or of
+    `image` encoded by `pipe`'s VAE (at `height` x `width`, or the image's own size)."""
+    if init_latents is not None:
+        if init_latents.ndim != 5:
+            raise ConfigError(f"init_latents: got shape {tuple(init_latents.shape)}; use [1, 4, Fc, h, w]")
+        return init_latents[:, :, -max_k:]
+    pixels = stream_init_pixels(image, height, width, max_k, pipe.vae_scale_factor)
+    return pipe.prepare_conditioning(pixels, vae_batch_size, vae_scale)
 
 
 def follow_settings(settings: ChunkSettings, selector: ConditioningSelector, selector_range: Tuple[int, int],
