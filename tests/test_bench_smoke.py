@@ -95,3 +95,16 @@ def test_bench_threads_quick():
 def _busy_loops() -> set:
     """PIDs of the busy loops running now (`python -c 'while 1: pass'`)."""
     return set(subprocess.run(["pgrep", "-f", "while 1: pass"], capture_output=True, text=True).stdout.split())
+
+
+@pytest.mark.slow
+def test_bench_capacity_quick():
+    out = run_bench("capacity", timeout=600)
+    lines = out.strip().splitlines()
+    measured = next(line for line in lines if line.startswith("  1 stream(s): "))
+    rate = float(measured.split(": ", 1)[1].split()[0])
+    assert rate > 0, measured  # one demo stream made frames through the real cluster
+    counted = next(line for line in lines if line.startswith("  counted: UNet "))
+    unet_tflop = float(counted.split("UNet ")[1].split()[0])
+    assert 15 < unet_tflop < 30, counted  # 2.4 B parameters over 8 frames of 72x40 latents, twice (CFG)
+    assert any(line.startswith("  25 steps: ") and "frames/s per GPU" in line for line in lines)
