@@ -242,3 +242,52 @@ def test_cluster_bad_options_are_one_line_and_exit_2(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"continuityseq-stream: error: {expected}"), lines
+
+
+@pytest.mark.slow  # starts an HTTP server (in this process)
+def test_per_stream_routes_are_forwarded_with_the_streams_token_and_whep_locations_rewritten():
+    """The ingress forwards /streams/ID/... to the stream's own service (here a small aiohttp app in
+    this process standing in for it), adds the stream's token, and rewrites a WHEP session's URL so
+    that the viewer's DELETE comes back through the ingress."""
+    from aiohttp import web
+
+    seen = []
+
+    async def whep(request):
+        seen.append((request.method, request.path, request.headers.get("Authorization"),
+                     request.headers.get("Content-Type"), await request.text()))
+        if request.method == "DELETE":
+            return web.Response(status=204)
+        return web.Response(status=201, text="v=0 answer", content_type="application/sdp",
+                            headers={"Location": "/whep/abc123"})
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/whep", whep)
+        app.router.add_delete("/whep/{session}", whep)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        backend = FakeBackend()
+        backend.create(StreamSpec("a"))
+        backend.endpoint = lambda stream_id: (backend.info(stream_id) and f"http://127.0.0.1:{port}/", "stream-token")
+        api = ClusterApi(backend, ClusterOptions())
+        try:
+            offer = await api.handle(ApiRequest("POST", "/streams/a/whep", "", {"Content-Type": "application/sdp"},
+                                                b"v=0 offer", "127.0.0.1"))
+            gone = await api.handle(ApiRequest("DELETE", "/streams/a/whep/abc123", "", {}, b"", "127.0.0.1"))
+            missing = await api.handle(ApiRequest("POST", "/streams/zz/whep", "", {}, b"", "127.0.0.1"))
+        finally:
+            await api.close()
+            await runner.cleanup()
+        return offer, gone, missing
+
+    offer, gone, missing = asyncio.run(scenario())
+    assert offer.status == 201 and offer.body == b"v=0 answer"
+    assert offer.headers["Location"] == "/streams/a/whep/abc123"
+    assert offer.headers["Content-Type"].startswith("application/sdp")
+    assert gone.status == 204 and missing.status == 404
+    assert seen == [("POST", "/whep", "Bearer stream-token", "application/sdp", "v=0 offer"),
+                    ("DELETE", "/whep/abc123", "Bearer stream-token", None, "")]
