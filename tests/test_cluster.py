@@ -291,3 +291,27 @@ def test_per_stream_routes_are_forwarded_with_the_streams_token_and_whep_locatio
     assert gone.status == 204 and missing.status == 404
     assert seen == [("POST", "/whep", "Bearer stream-token", "application/sdp", "v=0 offer"),
                     ("DELETE", "/whep/abc123", "Bearer stream-token", None, "")]
+
+
+def test_ray_streams_ask_for_a_gpu_each_when_the_cluster_has_gpus_else_cpus():
+    """Without a GPU here, the placement rule is checked against a stand-in for ray's resource calls."""
+    from continuityseq_stream.cluster.ray_backend import RayBackend
+
+    class FakeRay:
+        def __init__(self, total, free):
+            self.total, self.free = total, free
+
+        def cluster_resources(self):
+            return self.total
+
+        def available_resources(self):
+            return self.free
+
+    backend = RayBackend.__new__(RayBackend)
+    backend.stream_cpus = 0.5
+    backend.ray = FakeRay({"CPU": 64, "GPU": 8}, {"CPU": 60, "GPU": 0})
+    assert backend._resources() == {"num_gpus": 1, "num_cpus": 0}
+    assert backend._fits("GPU", 1, wait=0) is False  # every GPU holds a stream: full, not queued
+    backend.ray = FakeRay({"CPU": 2}, {"CPU": 0.5})
+    assert backend._resources() == {"num_cpus": 0.5}
+    assert backend._fits("CPU", 0.5, wait=0) is True
