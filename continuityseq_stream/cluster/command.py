@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 
 import click
@@ -84,9 +83,9 @@ def _say_what_goes_on(options, root, ended_with_ray: bool = False) -> None:
     if options.stop_streams_on_exit:
         click.echo(f"the streams were stopped (their state stays in {root})", err=True)
     elif ended_with_ray:
-        click.echo(f"the streams ended with the Ray instance this command started; start the command again "
-                   f"with the same --state-root to resume them (or run `ray start --head` and --ray auto, so "
-                   f"that they outlive the ingress)", err=True)
+        click.echo("the streams ended with the Ray instance this command started; start the command again "
+                   "with the same --state-root to resume them (or run `ray start --head` and --ray auto, so "
+                   "that they outlive the ingress)", err=True)
     else:
         click.echo(f"the streams go on; start the service again with --state-root {root} to manage them "
                    f"(or pass --stop-streams-on-exit)", err=True)

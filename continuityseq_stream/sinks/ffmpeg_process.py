@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
-import sys
 import time
 
 from ..errors import SinkError
