@@ -73,7 +73,7 @@ from .options import RuntimeOptions
 from .producer import Producer
 from .resume_files import keep_earlier_files
 from .ringbuffer import FrameRing, check_ring_memory
-from .sink_runner import LogWriter, SinkRunner, build_sinks, one_line, watch_sinks
+from .sink_runner import LogWriter, SinkRunner, build_sinks, close_unopened, drain_sinks, one_line, watch_sinks
 from .status import format_status, status_dict
 from .stopping import StopState, signal_handlers
 
@@ -229,29 +229,6 @@ class _Run:
                     frames=stats["frames"], gen_fps=stats["gen_fps"], out_fps=self.config.fps,
                     ring_slots=self.options.ring_frames, sinks=[r.status() for r in self.runners])
 
-    def _wait_for_sinks(self) -> None:
-        """The drain: wait until every started sink thread has finished or was given up on. The
-        watchdog keeps running, so a sink stuck in write or close costs at most two sink timeouts
-        (detached after one, then one more for its close); after a forced stop, 3 s in all."""
-        close_wait = self.options.sink_timeout
-        forced_at: Optional[float] = None
-        while True:
-            now = time.monotonic()
-            self.stop.take_signal()  # a Ctrl-C meanwhile forces (see on_signal)
-            if self.stop.force.is_set():
-                self.abort.set()
-                forced_at = forced_at if forced_at is not None else now
-            watch_sinks(self.runners, now, self.options.sink_timeout, self.log)
-            live = [r for r in self.runners if r.thread is not None and not r.settled(now, close_wait)]
-            if not live or (forced_at is not None and now - forced_at > 3.0):
-                break
-            live[0].thread.join(_TICK)
-        for r in self.runners:
-            if r.thread is not None and r.thread.is_alive():
-                self.left_behind.add(id(r.sink))
-                if r.detached_at is None:
-                    self.log(f"sink {r.sink.name} did not finish closing; leaving it")
-
     def _teardown(self) -> None:
         """Always runs: stop reading, close every sink, end the producer, unlink the ring."""
         forced = self.stop.force.is_set()
@@ -262,13 +239,9 @@ class _Run:
         try:
             if self.ring is not None:
                 self.ring.close()
-            self._wait_for_sinks()
-            for r in self.runners:
-                if r.thread is None:  # never opened (no first frame): still close it
-                    try:
-                        r.sink.close()
-                    except Exception as e:  # noqa: BLE001
-                        self.log(f"sink {r.sink.name} failed (close): {one_line(e)}")
+            stuck = drain_sinks(self.runners, self.stop, self.abort, self.options.sink_timeout, self.log, _TICK)
+            self.left_behind.update(id(r.sink) for r in stuck)
+            close_unopened(self.runners, self.log)
         finally:
             try:
                 if self.producer is not None:
