@@ -80,6 +80,74 @@ class _PromptOverride:
         return self.at + max(self.transition, 1) - 1
 
 
+def _checked_config(prompt: str, negative_prompt: Optional[str], guidance_scale: float, min_conditioning_frames: int,
+                    max_conditioning_frames: int, seed: Optional[int], schedule: Optional[PromptSchedule]) -> dict:
+    """The run's own settings checked like updates, but not held to the limits of live clients (a
+    `ContinuitySeqError` naming the bad one); returns the normalized `set_prompt` update."""
+    base = validate_update({"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""},
+                           limits=False)
+    validate_update({"command": "set_guidance", "guidance_scale": guidance_scale}, limits=False)
+    validate_update({"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames},
+                    limits=False)
+    if seed is not None:
+        validate_update({"command": "set_seed", "seed": seed}, limits=False)
+    if schedule is not None and not isinstance(schedule, PromptSchedule):
+        raise ConfigError(f"schedule: got {type(schedule).__name__}; give a PromptSchedule or None")
+    return base
+
+
+def _value_at(timeline: List[Tuple[int, Any]], chunk: int) -> Any:
+    """The value of a setting's timeline ((at, value) pairs) at chunk `chunk`."""
+    value = timeline[0][1]
+    for at, v in timeline:  # appended in apply order; the later update wins on equal chunks
+        if at <= chunk:
+            value = v
+    return value
+
+
+def _still_needed(timeline: List[tuple], chunk: int) -> List[tuple]:
+    """A timeline (entries starting with their chunk, in apply order) without what only chunks before
+    `chunk` need: everything older than its last entry at or before `chunk`."""
+    keep_from = 0
+    for idx, entry in enumerate(timeline):
+        if entry[0] <= chunk:
+            keep_from = idx
+    return timeline[keep_from:]
+
+
+def _blend_for_chunk(chunk: int, start_time: Optional[float], overrides: List[_PromptOverride],
+                     negatives: List[Tuple[int, str, int]], schedule: Optional[PromptSchedule], prompt: str,
+                     negative: str) -> PromptBlend:
+    """Chunk `chunk`'s prompt blend: the schedule's (else the config's `prompt`), cross-faded with the
+    live prompts active then (each scales everything older by 1 - its weight; a complete one alone).
+    Negatives: the newest live negative replaces those of older prompts; else a prompt's own, else
+    the config's `negative`."""
+    active = [o for o in overrides if o.at <= chunk]
+    # items: (prompt, negative or None, seq, weight); the schedule/config prompt has seq 0
+    if active and active[-1].weight(chunk) >= 1.0:
+        active = active[-1:]
+        items = []
+    elif schedule is not None:
+        items = [(t.prompt, t.negative, 0, t.weight) for t in schedule.blend_at(chunk, start_time).terms]
+    else:
+        items = [(prompt, None, 0, 1.0)]
+    for o in active:
+        w = o.weight(chunk)
+        items = [(p, n, s, x * (1.0 - w)) for p, n, s, x in items]
+        items.append((o.prompt, o.negative, o.seq, w))
+    neg_override = None
+    for at, neg, seq in negatives:
+        if at <= chunk:
+            neg_override = (neg, seq)
+
+    def resolve(own: Optional[str], seq: int) -> str:
+        if neg_override is not None and (own is None or seq < neg_override[1]):
+            return neg_override[0]
+        return negative if own is None else own
+
+    return PromptBlend.from_weighted((p, resolve(n, s), w) for p, n, s, w in items)
+
+
 class LiveSettings:
     """The settings of every chunk: the config's values, a prompt schedule and live overrides.
 
@@ -101,16 +169,8 @@ class LiveSettings:
         seed: Optional[int] = None,
         schedule: Optional[PromptSchedule] = None,
     ) -> None:
-        # the run's own config: checked like updates, but not held to the limits of live clients
-        base = validate_update({"command": "set_prompt", "prompt": prompt, "negative_prompt": negative_prompt or ""},
-                               limits=False)
-        validate_update({"command": "set_guidance", "guidance_scale": guidance_scale}, limits=False)
-        validate_update({"command": "set_conditioning", "min": min_conditioning_frames, "max": max_conditioning_frames},
-                        limits=False)
-        if seed is not None:
-            validate_update({"command": "set_seed", "seed": seed}, limits=False)
-        if schedule is not None and not isinstance(schedule, PromptSchedule):
-            raise ConfigError(f"schedule: got {type(schedule).__name__}; give a PromptSchedule or None")
+        base = _checked_config(prompt, negative_prompt, guidance_scale, min_conditioning_frames,
+                               max_conditioning_frames, seed, schedule)
         self._lock = threading.Lock()
         self._prompt = base["prompt"]
         self._negative = base["negative_prompt"]
@@ -177,14 +237,6 @@ class LiveSettings:
         return u
 
     # -- queries ------------------------------------------------------------------------------
-    @staticmethod
-    def _value_at(timeline: List[Tuple[int, Any]], chunk: int) -> Any:
-        value = timeline[0][1]
-        for at, v in timeline:  # appended in apply order; the later update wins on equal chunks
-            if at <= chunk:
-                value = v
-        return value
-
     def settings_for_chunk(self, chunk: int, start_time: Optional[float] = None) -> ChunkSettings:
         """The settings chunk `chunk` is generated with (start_time = first_frame / fps, for timed files)."""
         if not _is_int(chunk) or chunk < 0:
@@ -192,38 +244,16 @@ class LiveSettings:
         with self._lock:
             if chunk < self._forgotten:
                 raise ValueError(f"chunk {chunk} was forgotten (settings kept from chunk {self._forgotten} on)")
-            active = [o for o in self._overrides if o.at <= chunk]
-            # items: (prompt, negative or None, seq, weight); the schedule/config prompt has seq 0
-            if active and active[-1].weight(chunk) >= 1.0:
-                active = active[-1:]
-                items = []
-            elif self._schedule is not None:
-                items = [(t.prompt, t.negative, 0, t.weight) for t in self._schedule.blend_at(chunk, start_time).terms]
-            else:
-                items = [(self._prompt, None, 0, 1.0)]
-            for o in active:
-                w = o.weight(chunk)
-                items = [(p, n, s, x * (1.0 - w)) for p, n, s, x in items]
-                items.append((o.prompt, o.negative, o.seq, w))
-            neg_override = None
-            for at, neg, seq in self._negatives:
-                if at <= chunk:
-                    neg_override = (neg, seq)
-
-            def resolve(negative: Optional[str], seq: int) -> str:
-                if neg_override is not None and (negative is None or seq < neg_override[1]):
-                    return neg_override[0]
-                return self._negative if negative is None else negative
-
-            blend = PromptBlend.from_weighted((p, resolve(n, s), w) for p, n, s, w in items)
-            cn, cx = self._value_at(self._conditioning, chunk)
+            blend = _blend_for_chunk(chunk, start_time, self._overrides, self._negatives, self._schedule,
+                                     self._prompt, self._negative)
+            cn, cx = _value_at(self._conditioning, chunk)
             return ChunkSettings(
                 index=chunk,
                 blend=blend,
-                guidance_scale=self._value_at(self._guidance, chunk),
+                guidance_scale=_value_at(self._guidance, chunk),
                 min_conditioning_frames=cn,
                 max_conditioning_frames=cx,
-                seed=self._value_at(self._seed, chunk),
+                seed=_value_at(self._seed, chunk),
                 reseed=chunk in self._reseed_at,
             )
 
@@ -262,21 +292,14 @@ class LiveSettings:
         with self._lock:
             self._forgotten = max(self._forgotten, chunk)
             for name in ("_guidance", "_conditioning", "_seed"):
-                tl = getattr(self, name)
-                keep_from = 0
-                for idx, (at, _) in enumerate(tl):
-                    if at <= chunk:
-                        keep_from = idx
-                setattr(self, name, tl[keep_from:])
+                setattr(self, name, _still_needed(getattr(self, name), chunk))
             self._reseed_at = {c for c in self._reseed_at if c >= chunk}
             done = [i for i, o in enumerate(self._overrides) if o.complete_at() <= chunk]
             if done:
                 self._overrides = self._overrides[done[-1]:]
                 self._schedule = None  # fully replaced by a live prompt for the rest of the run
             self._overrides = _without_negligible(self._overrides, chunk)
-            negs = [i for i, (at, _, _) in enumerate(self._negatives) if at <= chunk]
-            if negs:
-                self._negatives = self._negatives[negs[-1]:]
+            self._negatives = _still_needed(self._negatives, chunk)
 
     def next_chunk(
         self, chunk: int, start_time: Optional[float] = None, channel: Optional["UpdateChannel"] = None, **wait: Any

@@ -51,12 +51,11 @@ stop at once (frames still in the ring are dropped), sinks are closed, the produ
 
 Nothing is printed on stdout; the status line goes to `log` (stderr by default) every
 `status_interval` seconds and once at the end (when there was a first frame). Log records of the
-"continuityseq_stream" loggers in the producer are re-emitted here through `logging`.
+"continuityseq_stream" loggers in the producer are re-emitted here through `logging` (producer_events.py).
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import sys
 import threading
@@ -71,9 +70,10 @@ from ..sinks import Sink, StreamInfo
 from .live_control import LiveControl
 from .options import RuntimeOptions
 from .producer import Producer
+from .producer_events import ProducerEvents
 from .resume_files import keep_earlier_files
 from .ringbuffer import FrameRing, check_ring_memory
-from .sink_runner import LogWriter, SinkRunner, build_sinks, one_line, watch_sinks
+from .sink_runner import LogWriter, SinkRunner, build_sinks, close_unopened, drain_sinks, one_line, watch_sinks
 from .status import format_status, status_dict
 from .stopping import StopState, signal_handlers
 
@@ -87,8 +87,8 @@ _TICK = 0.1  # main loop period (s): signal/stop/status latency
 class _Run:
     """The main thread's side of one `run` call: start the ring, the producer and one runner per sink,
     pass the producer's events on, watch the sinks, and always tear everything down. How it stops
-    is `stopping.StopState`; the control socket is `live_control.LiveControl`; each sink's thread is
-    a `sink_runner.SinkRunner`."""
+    is `stopping.StopState`; what the producer's events mean is `producer_events.ProducerEvents`;
+    the control socket is `live_control.LiveControl`; each sink's thread is a `sink_runner.SinkRunner`."""
 
     def __init__(self, config: GenerationConfig, sinks: list[Sink], options: RuntimeOptions, log: LogWriter) -> None:
         self.config, self.sinks, self.options, self.log = config, sinks, options, log
@@ -99,9 +99,7 @@ class _Run:
         self.runners: list[SinkRunner] = []
         self.started = time.monotonic()
         self.first_frame_at: Optional[float] = None
-        # (class name, message, unexpected, template, names) of the producer's error
-        self.producer_error: Optional[tuple[str, str, bool, str, tuple]] = None
-        self.producer_finished = False
+        self.events = ProducerEvents(log, self._first_frame, self._attached)
         self.last_status = time.monotonic()
         self.channel: Optional[UpdateChannel] = None
         self.control: Optional[LiveControl] = None
@@ -131,8 +129,8 @@ class _Run:
             self._loop()
         finally:
             self._teardown()
-        if self.producer_error is not None and not self.producer_error[2] and not self.stop.force.is_set():
-            name, _, _, template, names = self.producer_error
+        if self.events.error is not None and not self.events.error[2] and not self.stop.force.is_set():
+            name, _, _, template, names = self.events.error
             raise rebuild_error(name, template, names)
         return self._exit_code()
 
@@ -141,14 +139,14 @@ class _Run:
         while True:
             event = producer.next_event(_TICK)
             if event is not None:
-                self._on_event(event)
+                self.events.handle(event)
             now = time.monotonic()
             self.stop.take_signal()
             if self.stop.force.is_set():
                 return
-            if not producer.is_alive() and not self.producer_finished and self.producer_error is None:
-                self._on_producer_exit()
-            if self.producer_error is not None or self.producer_finished:
+            if not producer.is_alive() and not self.events.finished and self.events.error is None:
+                self.events.on_exit(producer)
+            if self.events.error is not None or self.events.finished:
                 if not ring.closed:
                     ring.close()
             if self.first_frame_at is not None:
@@ -159,7 +157,7 @@ class _Run:
                     self.stop.request("sink")
                 if all(r.settled(now, self.options.sink_timeout) for r in self.runners):
                     return  # drained (or every sink gone)
-            elif self.producer_error is not None or self.producer_finished or (
+            elif self.events.error is not None or self.events.finished or (
                 self.stop.reason is not None and not producer.is_alive()
             ):
                 return  # ended before the first frame
@@ -178,39 +176,18 @@ class _Run:
                 self.last_status = now
                 self.log(self._status_line("stream"))
 
-    def _on_event(self, event: tuple) -> None:
-        kind = event[0]
-        if kind == "shape" and self.first_frame_at is None:
-            _, height, width = event
-            self.ring.allocate(height, width)
-            self.first_frame_at = time.monotonic()
-            info = StreamInfo(width=width, height=height, fps=float(self.config.fps))
-            for r in self.runners:
-                r.start(info)
-        elif kind == "attached":
-            self.ring.unlink()  # both sides have it mapped: the name is no longer needed
-        elif kind == "done":
-            self.producer_finished = True
-        elif kind == "log":
-            _, name, level, message = event
-            logging.getLogger(name).log(level, "%s", message)
-        elif kind == "error":
-            _, name, message, unexpected, template, names = event
-            self.producer_error = (name, message, bool(unexpected), template, tuple(names))
-            if unexpected:  # a ContinuitySeqError is raised by `run` after teardown instead
-                self.log(f"producer failed: {name}: {' '.join(message.split())}")
+    def _first_frame(self, height: int, width: int) -> None:
+        """The producer's first chunk is decoded: allocate the ring and start every sink's thread."""
+        if self.first_frame_at is not None:
+            return  # only the first "shape" counts
+        self.ring.allocate(height, width)
+        self.first_frame_at = time.monotonic()
+        info = StreamInfo(width=width, height=height, fps=float(self.config.fps))
+        for r in self.runners:
+            r.start(info)
 
-    def _on_producer_exit(self) -> None:
-        # the child puts its last message before it exits: collect it before concluding it died
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and not (self.producer_finished or self.producer_error):
-            event = self.producer.next_event(0.1)
-            if event is not None:
-                self._on_event(event)
-        if not (self.producer_finished or self.producer_error):
-            code = self.producer.exitcode
-            self.producer_error = ("ProducerDied", f"exit code {code}", True, f"exit code {code}", ())
-            self.log(f"producer process died unexpectedly (exit code {code})")
+    def _attached(self) -> None:
+        self.ring.unlink()  # both sides have it mapped: the name is no longer needed
 
     def status_fields(self) -> dict:
         """The status line's figures as a dict (`status.status_dict`), plus the live settings of the
@@ -229,29 +206,6 @@ class _Run:
                     frames=stats["frames"], gen_fps=stats["gen_fps"], out_fps=self.config.fps,
                     ring_slots=self.options.ring_frames, sinks=[r.status() for r in self.runners])
 
-    def _wait_for_sinks(self) -> None:
-        """The drain: wait until every started sink thread has finished or was given up on. The
-        watchdog keeps running, so a sink stuck in write or close costs at most two sink timeouts
-        (detached after one, then one more for its close); after a forced stop, 3 s in all."""
-        close_wait = self.options.sink_timeout
-        forced_at: Optional[float] = None
-        while True:
-            now = time.monotonic()
-            self.stop.take_signal()  # a Ctrl-C meanwhile forces (see on_signal)
-            if self.stop.force.is_set():
-                self.abort.set()
-                forced_at = forced_at if forced_at is not None else now
-            watch_sinks(self.runners, now, self.options.sink_timeout, self.log)
-            live = [r for r in self.runners if r.thread is not None and not r.settled(now, close_wait)]
-            if not live or (forced_at is not None and now - forced_at > 3.0):
-                break
-            live[0].thread.join(_TICK)
-        for r in self.runners:
-            if r.thread is not None and r.thread.is_alive():
-                self.left_behind.add(id(r.sink))
-                if r.detached_at is None:
-                    self.log(f"sink {r.sink.name} did not finish closing; leaving it")
-
     def _teardown(self) -> None:
         """Always runs: stop reading, close every sink, end the producer, unlink the ring."""
         forced = self.stop.force.is_set()
@@ -262,13 +216,9 @@ class _Run:
         try:
             if self.ring is not None:
                 self.ring.close()
-            self._wait_for_sinks()
-            for r in self.runners:
-                if r.thread is None:  # never opened (no first frame): still close it
-                    try:
-                        r.sink.close()
-                    except Exception as e:  # noqa: BLE001
-                        self.log(f"sink {r.sink.name} failed (close): {one_line(e)}")
+            stuck = drain_sinks(self.runners, self.stop, self.abort, self.options.sink_timeout, self.log, _TICK)
+            self.left_behind.update(id(r.sink) for r in stuck)
+            close_unopened(self.runners, self.log)
         finally:
             try:
                 if self.producer is not None:
@@ -298,8 +248,8 @@ class _Run:
     def _exit_code(self) -> int:
         if self.stop.force.is_set():
             return EXIT_FORCED
-        if self.producer_error is not None:
-            unexpected = self.producer_error[2]
+        if self.events.error is not None:
+            unexpected = self.events.error[2]
             return EXIT_FAILED if unexpected else EXIT_ERROR
         if self.runners and all(r.state in ("failed", "detached") for r in self.runners):
             return EXIT_FAILED

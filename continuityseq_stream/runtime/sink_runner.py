@@ -3,6 +3,8 @@
 `build_sinks` turns URIs into sinks (a bad target is left out with one line); a `SinkRunner` opens
 its sink on the first frame, copies frames from its ring reader into `sink.write` and always closes
 it; the run loop's watchdog reads `stalled_for` and `detach`es a stuck one (docs/reliability.md).
+At the end of a run, `drain_sinks` waits for the sink threads (the watchdog still running) and
+`close_unopened` closes the sinks that never got a first frame.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from ..errors import ConfigError, ContinuitySeqError, ReaderRemoved, RingClosed,
 from ..sinks import Sink, StreamInfo, sink_from_uri
 from .ringbuffer import FrameRing
 from .status import SinkStatus
+from .stopping import StopState
 
-__all__ = ["SinkRunner", "LogWriter", "build_sinks", "one_line", "watch_sinks"]
+__all__ = ["SinkRunner", "LogWriter", "build_sinks", "one_line", "watch_sinks", "drain_sinks", "close_unopened"]
 
 
 def one_line(e: BaseException) -> str:
@@ -211,6 +214,45 @@ def watch_sinks(runners: list[SinkRunner], now: float, timeout: float, log: LogW
             log(f"sink {r.sink.name}: no progress for {stalled:.1f} s; restarting its target")
         else:
             r.detach(now, stalled)
+
+
+def drain_sinks(runners: list[SinkRunner], stop: StopState, abort: threading.Event, timeout: float,
+                log: LogWriter, tick: float) -> list[SinkRunner]:
+    """The drain: wait until every started sink thread has finished or was given up on; returns the
+    runners whose thread is still alive (left behind: nobody may close their sink). The watchdog keeps
+    running, so a sink stuck in write or close costs at most two sink timeouts (detached after one,
+    then one more for its close); after a forced stop, 3 s in all."""
+    close_wait = timeout
+    forced_at: Optional[float] = None
+    while True:
+        now = time.monotonic()
+        stop.take_signal()  # a Ctrl-C meanwhile forces (see StopState.on_signal)
+        if stop.force.is_set():
+            abort.set()
+            forced_at = forced_at if forced_at is not None else now
+        watch_sinks(runners, now, timeout, log)
+        live = [r for r in runners if r.thread is not None and not r.settled(now, close_wait)]
+        if not live or (forced_at is not None and now - forced_at > 3.0):
+            break
+        live[0].thread.join(tick)
+    stuck = []
+    for r in runners:
+        if r.thread is not None and r.thread.is_alive():
+            stuck.append(r)
+            if r.detached_at is None:
+                log(f"sink {r.sink.name} did not finish closing; leaving it")
+    return stuck
+
+
+def close_unopened(runners: list[SinkRunner], log: LogWriter) -> None:
+    """Close every sink whose thread never started (the run ended before the first frame): no
+    runner opened it, yet it is closed like the others; a failure is one line."""
+    for r in runners:
+        if r.thread is None:
+            try:
+                r.sink.close()
+            except Exception as e:  # noqa: BLE001
+                log(f"sink {r.sink.name} failed (close): {one_line(e)}")
 
 
 def build_sink_list(items: Iterable[Union[str, Sink]], log: LogWriter) -> list[Sink]:
