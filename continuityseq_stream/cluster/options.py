@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from ..config import build_from_mapping, is_loopback_host
 from ..errors import ConfigError
-from ..service.options import MIN_TOKEN_CHARS
+from ..service.options import MIN_TOKEN_CHARS, weak_token
 
 __all__ = ["ClusterOptions"]
 
@@ -55,8 +55,7 @@ class ClusterOptions:
             raise ConfigError(f"--host: got {self.host!r}; use an address to bind, e.g. 127.0.0.1")
         if not (isinstance(self.port, int) and not isinstance(self.port, bool) and 1 <= self.port <= 65535):
             raise ConfigError(f"--port: got {self.port!r}; use a port in 1..65535")
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < MIN_TOKEN_CHARS
-                                       or not self.token.isprintable() or any(c.isspace() for c in self.token)):
+        if self.token is not None and weak_token(self.token):
             raise ConfigError(f"--token: use at least {MIN_TOKEN_CHARS} printable characters without spaces")
         if not is_loopback_host(self.host) and self.token is None:
             raise ConfigError(f"--host: {self.host!r} is not a loopback address, so anyone who can reach it could "

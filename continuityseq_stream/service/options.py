@@ -15,10 +15,16 @@ from typing import Any, Mapping, Optional
 from ..config import build_from_mapping, is_loopback_host
 from ..errors import ConfigError
 
-__all__ = ["ServiceOptions", "parse_hostport", "is_loopback_host", "MIN_TOKEN_CHARS"]
+__all__ = ["ServiceOptions", "parse_hostport", "is_loopback_host", "weak_token", "MIN_TOKEN_CHARS"]
 
 #: a bearer token shorter than this is refused: it could be guessed
 MIN_TOKEN_CHARS = 16
+
+
+def weak_token(token) -> bool:
+    """Whether a bearer token could be guessed or breaks a header: too short, not printable, spaces."""
+    return (not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or not token.isprintable()
+            or any(c.isspace() for c in token))
 
 
 def parse_hostport(text: str, flag: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -80,8 +86,7 @@ class ServiceOptions:
         if not (isinstance(self.port, int) and not isinstance(self.port, bool) and 0 <= self.port <= 65535):
             raise ConfigError(f"--port: got {self.port!r}; use a port in 0..65535 (0: any free port)")
         if self.token is not None:
-            if not isinstance(self.token, str) or len(self.token) < MIN_TOKEN_CHARS or not self.token.isprintable() \
-                    or any(c.isspace() for c in self.token):
+            if weak_token(self.token):
                 raise ConfigError(f"--token: use at least {MIN_TOKEN_CHARS} printable characters without spaces "
                                   f"(e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe())')")
         if not is_loopback_host(self.host) and self.token is None:
