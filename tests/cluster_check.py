@@ -143,6 +143,26 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
+def first_frame_of_restart(reader: Reader, t_kill: float) -> float:
+    """When the restarted process's first frame arrived.
+
+    Frames already on their way when the worker died still arrive after the kill, so "the first frame
+    after the kill" may come from the dead process. The restarted one resumes at the last saved chunk,
+    so its first frame repeats an index already seen; with no repeat, nothing was in flight and the
+    first frame after the kill is its own.
+    """
+    seen: set[int] = set()
+    after = []
+    for header, t in zip(list(reader.headers), list(reader.times)):
+        index = int(header["index"])
+        if t > t_kill:
+            if index in seen:
+                return t
+            after.append(t)
+        seen.add(index)
+    return after[0] if after else time.monotonic()
+
+
 def seams(reader: Reader, upto: int) -> list[float]:
     """Mean abs difference at every chunk boundary below `upto` (first copy of each frame)."""
     return [mean_abs(reader.frames[i - 1][0], reader.frames[i][0])
@@ -198,7 +218,7 @@ def scenario(backend: str, work: Path) -> dict:
                          "restart")
         out["restarted"] = {k: info.get(k) for k in ("state", "restarts", "resumed")}
         ra.wait(lambda: max(int(h["index"]) for h in ra.headers) >= before + 3 * FRAMES, 240, "a's frames after the restart")
-        t_back = next((t for t in ra.times if t > t_kill), time.monotonic())
+        t_back = first_frame_of_restart(ra, t_kill)
         indices = sorted(ra.frames)
         out["a_indices_contiguous"] = indices == list(range(indices[0], indices[-1] + 1))
         out["a_first_index"] = indices[0]
