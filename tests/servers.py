@@ -371,7 +371,7 @@ def _read_main(argv: list[str]) -> None:
     while time.monotonic() < end and total < a.frames:
         count = 0
         try:
-            with av.open(a.url, timeout=(a.open_timeout, a.read_timeout),
+            with av.open(a.url, timeout=(max(1.0, min(a.open_timeout, end - time.monotonic())), a.read_timeout),
                          options={"analyzeduration": "1000000", "probesize": "32768", "rtmp_buffer": "100"}) as c:
                 stream = c.streams.video[0]
                 result["rate"] = float(stream.average_rate or stream.guessed_rate or 0) or None
@@ -389,7 +389,7 @@ def _read_main(argv: list[str]) -> None:
                     if total >= a.frames or time.monotonic() >= end:
                         break
         except Exception as exc:  # timeouts and dropped connections end a segment
-            result["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+            result["errors"].append(f"{time.monotonic() - t0:.1f}s after {count} frames: {type(exc).__name__}: {exc}"[:200])
         if count:
             result["segments"].append(count)
         if not a.reconnect:

@@ -38,17 +38,19 @@ def count_frames(path: Path) -> int:
 def test_cli_streams_to_nginx_rtmp_and_file(tmp_path):
     times = 3
     with NginxRtmp(tmp_path / "nginx") as server:
-        # the reader joins before the publisher: it must see the stream from its first keyframe. Its
-        # deadline covers the whole CLI run on a loaded machine; it ends as soon as it has the frames.
-        # Beside two busy loops this test failed twice with no frame read at all (90 s and 300 s
-        # deadlines alike): not the deadline, still open in issue #11
-        reader = RtmpReader(server.url, frames=times * F, deadline=300, reconnect=True, read_timeout=5)
+        # the reader joins before the publisher and must see the stream from its first keyframe: the
+        # whole run (12 frames) is shorter than one GOP (16), so a reader that comes in later gets the
+        # stream's metadata and not one picture. So it waits in one open for as long as the run may
+        # take: one that gave up after 10 s and reconnected missed the first keyframe whenever the
+        # publisher came in during the reconnect (twice in four suite runs beside two busy loops)
+        reader = RtmpReader(server.url, frames=times * F, deadline=300, reconnect=True, open_timeout=300,
+                            read_timeout=5)
         video = tmp_path / "copy.mp4"
         proc = run_cli(["--times", str(times), "--sink", server.url, "--sink", f"file:{video}"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         got = reader.result()
     assert_no_children("ffmpeg", "nginx")
-    assert (got["width"], got["height"]) == (W, H), got
+    assert (got["width"], got["height"]) == (W, H), json.dumps({k: got[k] for k in ("segments", "errors", "rate", "first_frame_s")})
     assert got["rate"] == pytest.approx(FPS, rel=0.01), got
     # paced at constant fps: every generated frame went out (plus repeats while generation lagged)
     assert got["frames"] >= times * F, got
