@@ -389,7 +389,8 @@ def _read_main(argv: list[str]) -> None:
                     if total >= a.frames or time.monotonic() >= end:
                         break
         except Exception as exc:  # timeouts and dropped connections end a segment
-            result["errors"].append(f"{time.monotonic() - t0:.1f}s after {count} frames: {type(exc).__name__}: {exc}"[:200])
+            when = f"{time.monotonic() - t0:.1f}s after {count} frames"
+            result["errors"].append(f"{when}: {type(exc).__name__}: {exc}"[:200])
         if count:
             result["segments"].append(count)
         if not a.reconnect:

@@ -43,14 +43,16 @@ def test_cli_streams_to_nginx_rtmp_and_file(tmp_path):
         # stream's metadata and not one picture. So it waits in one open for as long as the run may
         # take: one that gave up after 10 s and reconnected missed the first keyframe whenever the
         # publisher came in during the reconnect (twice in four suite runs beside two busy loops)
-        reader = RtmpReader(server.url, frames=times * F, deadline=300, reconnect=True, open_timeout=300,
+        wait = 300
+        reader = RtmpReader(server.url, frames=times * F, deadline=wait, reconnect=True, open_timeout=wait,
                             read_timeout=5)
         video = tmp_path / "copy.mp4"
         proc = run_cli(["--times", str(times), "--sink", server.url, "--sink", f"file:{video}"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         got = reader.result()
     assert_no_children("ffmpeg", "nginx")
-    assert (got["width"], got["height"]) == (W, H), json.dumps({k: got[k] for k in ("segments", "errors", "rate", "first_frame_s")})
+    seen = {k: got[k] for k in ("segments", "errors", "rate", "first_frame_s")}
+    assert (got["width"], got["height"]) == (W, H), json.dumps(seen)
     assert got["rate"] == pytest.approx(FPS, rel=0.01), got
     # paced at constant fps: every generated frame went out (plus repeats while generation lagged)
     assert got["frames"] >= times * F, got
